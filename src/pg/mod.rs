@@ -1,1 +1,9 @@
 //! PostgreSQL client side of the wire and replication protocols.
+//!
+//! Architecture invariant: this module never touches the store or any data file. The only
+//! files it reads are the ones libpq would read for a connection: `.pgpass` and TLS
+//! certificates and keys.
+
+mod modes;
+
+pub use modes::{ChannelBinding, SslMode};
