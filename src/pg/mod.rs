@@ -4,6 +4,12 @@
 //! files it reads are the ones libpq would read for a connection: `.pgpass` and TLS
 //! certificates and keys.
 
+mod conninfo;
 mod modes;
+mod pgpass;
 
+pub use conninfo::{
+    ConnConfig, ConnInfoError, ConnParams, DEFAULT_PORT, Environment, Host, Origin, Replication,
+    SystemEnvironment, Target, Word, quote,
+};
 pub use modes::{ChannelBinding, SslMode};
