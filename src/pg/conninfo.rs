@@ -765,9 +765,17 @@ fn check_value(keyword: &Keyword, value: &str, origin: Origin) -> Result<(), Con
             expected,
             reason,
         } => {
-            if value.is_empty() || ok.contains(&value) {
+            // libpq compares TLS version names case-insensitively, the rest exactly.
+            let same = |a: &&str| {
+                if keyword.name.starts_with("ssl_") {
+                    a.eq_ignore_ascii_case(value)
+                } else {
+                    *a == value
+                }
+            };
+            if value.is_empty() || ok.iter().any(same) {
                 Ok(())
-            } else if refused.contains(&value) {
+            } else if refused.iter().any(same) {
                 Err(ConnInfoError::Unsupported {
                     keyword: keyword.name,
                     value: Some(value.to_string()),
@@ -926,7 +934,9 @@ pub trait Environment {
     fn home_dir(&self) -> Option<PathBuf>;
     /// The name of the effective OS user.
     fn os_user(&self) -> Option<String>;
+    /// Whether `path` is a directory (following symbolic links).
     fn is_dir(&self, path: &Path) -> bool;
+    /// Whether `path` is a regular file (following symbolic links).
     fn is_file(&self, path: &Path) -> bool;
 }
 
@@ -2213,6 +2223,39 @@ mod tests {
         std::fs::set_permissions(&passfile, std::fs::Permissions::from_mode(0o644)).unwrap();
         let c = ConnConfig::parse_with("user=u dbname=app host=db port=5433", &env).unwrap();
         assert_eq!(c.password_for(&c.targets[0]), None);
+    }
+
+    #[test]
+    fn keyword_table_is_consistent() {
+        let mut names: Vec<_> = KEYWORDS.iter().map(|k| k.name).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), KEYWORDS.len(), "duplicate keyword");
+        // Every keyword is accepted in both forms, with an empty value.
+        let env = FakeEnv::default();
+        for k in KEYWORDS {
+            let kv = ConnConfig::parse_with(&format!("{}=''", k.name), &env);
+            let uri = ConnConfig::parse_with(&format!("postgresql://h?{}=", k.name), &env);
+            match k.name {
+                // Empty values of these are invalid in libpq too.
+                "sslmode" | "channel_binding" | "connect_timeout" => {
+                    assert!(kv.is_err() && uri.is_err(), "{}", k.name)
+                }
+                _ => assert!(kv.is_ok() && uri.is_ok(), "{}: {kv:?} {uri:?}", k.name),
+            }
+        }
+        assert!(ConnParams::parse("ssl_min_protocol_version=tlsv1.2").is_ok());
+        assert!(ConnParams::parse("ssl_min_protocol_version=tlsv1.3").is_err());
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn system_environment_knows_the_user() {
+        let env = SystemEnvironment;
+        assert!(env.os_user().is_some_and(|u| !u.is_empty()));
+        assert!(env.home_dir().is_some());
+        assert!(env.is_dir(Path::new("/")));
+        assert!(!env.is_file(Path::new("/")));
     }
 
     #[test]
