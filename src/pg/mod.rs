@@ -5,5 +5,10 @@
 //! certificates and keys.
 
 mod modes;
+mod tls;
 
 pub use modes::{ChannelBinding, SslMode};
+pub use tls::{
+    TlsConnector, TlsError, TlsSettings, Trust, channel_binding_hash, default_sslmode,
+    server_certificate,
+};
