@@ -799,3 +799,641 @@ fn dns_name_matches(name: &str, host: &str) -> bool {
     let (label, rest) = host.split_at(host.len() - suffix.len());
     rest.eq_ignore_ascii_case(suffix) && !label.contains('.')
 }
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+    use std::os::unix::fs::PermissionsExt;
+    use std::process::Command;
+
+    use rustls::ServerConfig;
+    use rustls::server::WebPkiClientVerifier;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::{TcpListener, TcpStream};
+    use tokio::task::JoinHandle;
+
+    use super::*;
+
+    const OPENSSL_CNF: &str = "\
+[req]
+distinguished_name = dn
+[dn]
+[ca]
+basicConstraints = critical,CA:TRUE
+keyUsage = critical,keyCertSign,cRLSign
+subjectKeyIdentifier = hash
+[server]
+basicConstraints = CA:FALSE
+keyUsage = critical,digitalSignature
+extendedKeyUsage = serverAuth
+subjectAltName = DNS:localhost
+[server_cn_only]
+basicConstraints = CA:FALSE
+keyUsage = critical,digitalSignature
+extendedKeyUsage = serverAuth
+[client]
+basicConstraints = CA:FALSE
+keyUsage = critical,digitalSignature
+extendedKeyUsage = clientAuth
+";
+
+    /// Certificates made with the openssl CLI in a temporary directory: CAs `ca` and
+    /// `other_ca`; `server` (SAN DNS:localhost), `cn_only` (CN=localhost, no SAN) and `client`
+    /// (CN=walden), all signed by `ca`.
+    struct Pki {
+        dir: tempfile::TempDir,
+    }
+
+    impl Pki {
+        fn new() -> Pki {
+            let pki = Pki {
+                dir: tempfile::tempdir().expect("tempdir"),
+            };
+            std::fs::write(pki.path("openssl.cnf"), OPENSSL_CNF).expect("write openssl.cnf");
+            pki.ca("ca");
+            pki.ca("other_ca");
+            pki.leaf("server", "localhost", "server", "-sha256");
+            pki.leaf("cn_only", "localhost", "server_cn_only", "-sha256");
+            pki.leaf("client", "walden", "client", "-sha256");
+            for name in ["server", "cn_only", "client"] {
+                pki.chmod(&format!("{name}.key"), 0o600);
+            }
+            pki
+        }
+
+        fn path(&self, name: &str) -> PathBuf {
+            self.dir.path().join(name)
+        }
+
+        /// Runs `openssl` with whitespace-separated `args` in the directory.
+        fn openssl(&self, args: &str) {
+            let out = Command::new("openssl")
+                .args(args.split_whitespace())
+                .current_dir(self.dir.path())
+                .output()
+                .expect("run openssl");
+            assert!(
+                out.status.success(),
+                "openssl {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+
+        fn ca(&self, name: &str) {
+            self.openssl(&format!(
+                "req -config openssl.cnf -x509 -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 \
+                -nodes -keyout {name}.key -out {name}.crt -days 30 -subj /CN={name} -extensions \
+                ca -sha256"
+            ));
+        }
+
+        fn leaf(&self, name: &str, cn: &str, extensions: &str, digest: &str) {
+            self.openssl(&format!(
+                "req -config openssl.cnf -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \
+                -keyout {name}.key -out {name}.csr -subj /CN={cn}"
+            ));
+            self.openssl(&format!(
+                "x509 -req -in {name}.csr -CA ca.crt -CAkey ca.key -CAcreateserial -out \
+                {name}.crt -days 30 -extfile openssl.cnf -extensions {extensions} {digest}"
+            ));
+        }
+
+        fn chmod(&self, name: &str, mode: u32) {
+            std::fs::set_permissions(self.path(name), std::fs::Permissions::from_mode(mode))
+                .expect("chmod");
+        }
+
+        fn der(&self, name: &str) -> Vec<u8> {
+            CertificateDer::from_pem_file(self.path(name))
+                .expect("read certificate")
+                .as_ref()
+                .to_vec()
+        }
+
+        /// An empty home directory, so no `~/.postgresql` default applies.
+        fn home(&self) -> PathBuf {
+            let home = self.path("home");
+            std::fs::create_dir_all(&home).expect("mkdir home");
+            home
+        }
+    }
+
+    #[derive(Default)]
+    struct ServerOptions {
+        client_ca: Option<PathBuf>,
+        alpn: bool,
+        tls12_only: bool,
+    }
+
+    /// What the test server saw of the client.
+    #[derive(Debug)]
+    struct Seen {
+        alpn: Option<Vec<u8>>,
+        client_cert: bool,
+    }
+
+    /// A TLS server on 127.0.0.1 for one connection: it writes `ok` after the handshake.
+    async fn serve(
+        pki: &Pki,
+        cert: &str,
+        options: ServerOptions,
+    ) -> (SocketAddr, JoinHandle<io::Result<Seen>>) {
+        let provider = Arc::new(ring_provider::default_provider());
+        let builder = ServerConfig::builder_with_provider(provider.clone());
+        let builder = if options.tls12_only {
+            builder.with_protocol_versions(&[&rustls::version::TLS12])
+        } else {
+            builder.with_safe_default_protocol_versions()
+        }
+        .expect("protocol versions");
+        let builder = match &options.client_ca {
+            None => builder.with_no_client_auth(),
+            Some(ca) => {
+                let mut roots = RootCertStore::empty();
+                roots
+                    .add(CertificateDer::from_pem_file(ca).expect("client CA"))
+                    .expect("add client CA");
+                let verifier =
+                    WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+                        .build()
+                        .expect("client verifier");
+                builder.with_client_cert_verifier(verifier)
+            }
+        };
+        let chain =
+            vec![CertificateDer::from_pem_file(pki.path(&format!("{cert}.crt"))).expect("cert")];
+        let key = PrivateKeyDer::from_pem_file(pki.path(&format!("{cert}.key"))).expect("key");
+        let mut config = builder.with_single_cert(chain, key).expect("server config");
+        if options.alpn {
+            config.alpn_protocols = vec![b"postgresql".to_vec()];
+        }
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("local addr");
+        let task = tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await?;
+            let mut tls = acceptor.accept(tcp).await?;
+            tls.write_all(b"ok").await?;
+            tls.flush().await?;
+            let (_, conn) = tls.get_ref();
+            Ok(Seen {
+                alpn: conn.alpn_protocol().map(<[u8]>::to_vec),
+                client_cert: conn.peer_certificates().is_some_and(|c| !c.is_empty()),
+            })
+        });
+        (addr, task)
+    }
+
+    /// Connects with `settings` (home: the PKI's empty home), completes the handshake and
+    /// reads the server's `ok`.
+    async fn connect(
+        pki: &Pki,
+        settings: &TlsSettings,
+        addr: SocketAddr,
+        host: &str,
+    ) -> Result<TlsStream<TcpStream>, TlsError> {
+        let connector = TlsConnector::with_home(settings, Some(&pki.home()))?;
+        let tcp = TcpStream::connect(addr).await.expect("connect");
+        let mut tls = connector.handshake(tcp, host).await?;
+        let mut buf = [0u8; 2];
+        tls.read_exact(&mut buf)
+            .await
+            .map_err(|e| connector.explain(host, e))?;
+        assert_eq!(&buf, b"ok");
+        Ok(tls)
+    }
+
+    fn settings(mode: SslMode, root: Option<PathBuf>) -> TlsSettings {
+        TlsSettings {
+            mode,
+            root_cert: root,
+            client_cert: None,
+            client_key: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn require_accepts_an_untrusted_certificate_and_offers_alpn() {
+        let pki = Pki::new();
+        let (addr, server) = serve(
+            &pki,
+            "server",
+            ServerOptions {
+                alpn: true,
+                ..Default::default()
+            },
+        )
+        .await;
+        let tls = connect(&pki, &settings(SslMode::Require, None), addr, "127.0.0.1")
+            .await
+            .expect("require must not verify");
+        assert_eq!(
+            server_certificate(&tls),
+            Some(pki.der("server.crt").as_slice())
+        );
+        let seen = server.await.expect("join").expect("server side");
+        assert_eq!(seen.alpn.as_deref(), Some(&b"postgresql"[..]));
+        assert!(!seen.client_cert);
+    }
+
+    #[tokio::test]
+    async fn require_works_over_tls12_with_a_server_without_alpn() {
+        let pki = Pki::new();
+        let (addr, server) = serve(
+            &pki,
+            "server",
+            ServerOptions {
+                tls12_only: true,
+                ..Default::default()
+            },
+        )
+        .await;
+        let tls = connect(&pki, &settings(SslMode::Prefer, None), addr, "localhost")
+            .await
+            .expect("TLS 1.2 handshake");
+        assert_eq!(
+            tls.get_ref().1.protocol_version(),
+            Some(rustls::ProtocolVersion::TLSv1_2)
+        );
+        assert_eq!(server.await.expect("join").expect("server side").alpn, None);
+    }
+
+    #[tokio::test]
+    async fn require_with_a_root_certificate_verifies_the_chain() {
+        let pki = Pki::new();
+        let root = pki.path("other_ca.crt");
+        let (addr, _server) = serve(&pki, "server", ServerOptions::default()).await;
+        let err = connect(
+            &pki,
+            &settings(SslMode::Require, Some(root.clone())),
+            addr,
+            "localhost",
+        )
+        .await
+        .expect_err("chain from another CA");
+        assert!(matches!(err, TlsError::NotTrusted { .. }), "{err:?}");
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "server certificate for host \"localhost\" is not signed by a trusted certificate authority (root certificate file \"{}\"); check sslrootcert",
+                root.display()
+            )
+        );
+    }
+
+    #[tokio::test]
+    async fn default_root_certificate_in_home_is_used() {
+        let pki = Pki::new();
+        let home = pki.home();
+        std::fs::create_dir_all(home.join(".postgresql")).expect("mkdir");
+        std::fs::copy(pki.path("other_ca.crt"), home.join(".postgresql/root.crt")).expect("copy");
+        let connector = TlsConnector::with_home(&settings(SslMode::Require, None), Some(&home))
+            .expect("config");
+        assert_eq!(
+            connector.trust(),
+            &Trust::File(home.join(".postgresql/root.crt"))
+        );
+        let (addr, _server) = serve(&pki, "server", ServerOptions::default()).await;
+        let tcp = TcpStream::connect(addr).await.expect("connect");
+        let err = connector
+            .handshake(tcp, "localhost")
+            .await
+            .expect_err("root.crt names another CA");
+        assert!(matches!(err, TlsError::NotTrusted { .. }), "{err:?}");
+    }
+
+    #[tokio::test]
+    async fn verify_ca_ignores_the_host_name_but_not_the_issuer() {
+        let pki = Pki::new();
+        let (addr, _server) = serve(&pki, "server", ServerOptions::default()).await;
+        connect(
+            &pki,
+            &settings(SslMode::VerifyCa, Some(pki.path("ca.crt"))),
+            addr,
+            "127.0.0.1",
+        )
+        .await
+        .expect("verify-ca must not check the name");
+
+        let (addr, _server) = serve(&pki, "server", ServerOptions::default()).await;
+        let err = connect(
+            &pki,
+            &settings(SslMode::VerifyCa, Some(pki.path("other_ca.crt"))),
+            addr,
+            "localhost",
+        )
+        .await
+        .expect_err("untrusted CA");
+        assert!(matches!(err, TlsError::NotTrusted { .. }), "{err:?}");
+    }
+
+    #[tokio::test]
+    async fn verify_full_checks_the_host_name() {
+        let pki = Pki::new();
+        let full = settings(SslMode::VerifyFull, Some(pki.path("ca.crt")));
+        let (addr, _server) = serve(&pki, "server", ServerOptions::default()).await;
+        let err = connect(&pki, &full, addr, "127.0.0.1")
+            .await
+            .expect_err("certificate names only localhost");
+        // Like libpq: for an IP host without IP SANs the CN is examined too.
+        assert_eq!(
+            err.to_string(),
+            "server certificate for \"localhost\" (and 1 other name) does not match host name \"127.0.0.1\""
+        );
+
+        let (addr, server) = serve(&pki, "server", ServerOptions::default()).await;
+        let tls = connect(&pki, &full, addr, "LocalHost")
+            .await
+            .expect("name matches, case-insensitively");
+        let leaf = server_certificate(&tls).expect("server certificate");
+        assert_eq!(
+            channel_binding_hash(leaf),
+            Some(sha(&pki, "server.crt", "-sha256"))
+        );
+        server.await.expect("join").expect("server side");
+    }
+
+    #[tokio::test]
+    async fn verify_full_falls_back_to_the_common_name_without_san() {
+        let pki = Pki::new();
+        let full = settings(SslMode::VerifyFull, Some(pki.path("ca.crt")));
+        let (addr, _server) = serve(&pki, "cn_only", ServerOptions::default()).await;
+        connect(&pki, &full, addr, "localhost")
+            .await
+            .expect("CN=localhost matches like libpq");
+        let (addr, _server) = serve(&pki, "cn_only", ServerOptions::default()).await;
+        let err = connect(&pki, &full, addr, "127.0.0.1")
+            .await
+            .expect_err("CN does not match");
+        assert_eq!(
+            err.to_string(),
+            "server certificate for \"localhost\" does not match host name \"127.0.0.1\""
+        );
+    }
+
+    #[test]
+    fn verification_without_a_root_certificate_is_an_error() {
+        let pki = Pki::new();
+        let home = pki.home();
+        for mode in [SslMode::VerifyCa, SslMode::VerifyFull] {
+            let err = TlsConnector::with_home(&settings(mode, None), Some(&home))
+                .expect_err("no root.crt");
+            assert_eq!(
+                err.to_string(),
+                format!(
+                    "root certificate file \"{}\" does not exist; provide the file (sslrootcert=FILE), use the system's trusted roots with sslrootcert=system, or change sslmode to disable server certificate verification",
+                    home.join(".postgresql/root.crt").display()
+                )
+            );
+        }
+        let missing = pki.path("nope.crt");
+        let err =
+            TlsConnector::with_home(&settings(SslMode::VerifyCa, Some(missing.clone())), None)
+                .expect_err("explicit root missing");
+        assert!(err.to_string().starts_with(&format!(
+            "root certificate file \"{}\" does not exist;",
+            missing.display()
+        )));
+        let err = TlsConnector::with_home(&settings(SslMode::VerifyFull, None), None)
+            .expect_err("no home");
+        assert!(matches!(err, TlsError::NoHomeForRootCert));
+        // Like libpq, require with a missing root file just does not verify.
+        let connector = TlsConnector::with_home(&settings(SslMode::Require, Some(missing)), None)
+            .expect("require");
+        assert_eq!(connector.trust(), &Trust::None);
+    }
+
+    #[test]
+    fn system_roots_require_verify_full() {
+        assert_eq!(
+            default_sslmode(Some(Path::new("system"))),
+            SslMode::VerifyFull
+        );
+        assert_eq!(
+            default_sslmode(Some(Path::new("/x/root.crt"))),
+            SslMode::Prefer
+        );
+        assert_eq!(default_sslmode(None), SslMode::Prefer);
+        for mode in [SslMode::Prefer, SslMode::Require, SslMode::VerifyCa] {
+            let err = TlsConnector::with_home(&settings(mode, Some("system".into())), None)
+                .expect_err("weak mode");
+            assert_eq!(
+                err.to_string(),
+                format!(
+                    "weak sslmode \"{mode}\" may not be used with sslrootcert=system (use \"verify-full\")"
+                )
+            );
+        }
+    }
+
+    fn with_client(pki: &Pki, cert: &str, key: &str) -> TlsSettings {
+        TlsSettings {
+            mode: SslMode::VerifyFull,
+            root_cert: Some(pki.path("ca.crt")),
+            client_cert: Some(pki.path(cert)),
+            client_key: Some(pki.path(key)),
+        }
+    }
+
+    #[tokio::test]
+    async fn client_certificate_is_presented() {
+        let pki = Pki::new();
+        let options = || ServerOptions {
+            client_ca: Some(pki.path("ca.crt")),
+            ..Default::default()
+        };
+        let (addr, server) = serve(&pki, "server", options()).await;
+        connect(
+            &pki,
+            &with_client(&pki, "client.crt", "client.key"),
+            addr,
+            "localhost",
+        )
+        .await
+        .expect("client certificate accepted");
+        assert!(
+            server
+                .await
+                .expect("join")
+                .expect("server side")
+                .client_cert
+        );
+
+        // The same key in SEC1 form works too.
+        pki.openssl("ec -in client.key -out client.sec1.key");
+        pki.chmod("client.sec1.key", 0o600);
+        let (addr, server) = serve(&pki, "server", options()).await;
+        connect(
+            &pki,
+            &with_client(&pki, "client.crt", "client.sec1.key"),
+            addr,
+            "localhost",
+        )
+        .await
+        .expect("SEC1 key");
+        assert!(
+            server
+                .await
+                .expect("join")
+                .expect("server side")
+                .client_cert
+        );
+
+        let (addr, _server) = serve(&pki, "server", options()).await;
+        let err = connect(&pki, &settings(SslMode::Require, None), addr, "localhost")
+            .await
+            .expect_err("server requires a certificate");
+        assert!(matches!(err, TlsError::ClientCertRequired(_)), "{err:?}");
+    }
+
+    #[test]
+    fn private_key_files_are_checked_like_libpq() {
+        let pki = Pki::new();
+        let key = pki.path("client.key");
+        pki.chmod("client.key", 0o644);
+        let err = TlsConnector::with_home(&with_client(&pki, "client.crt", "client.key"), None)
+            .expect_err("world-readable key");
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "private key file \"{}\" has group or world access; file must have permissions u=rw (0600) or less if owned by the current user, or permissions u=rw,g=r (0640) or less if owned by root",
+                key.display()
+            )
+        );
+        pki.chmod("client.key", 0o600);
+        TlsConnector::with_home(&with_client(&pki, "client.crt", "client.key"), None)
+            .expect("0600 key");
+
+        let err = TlsConnector::with_home(&with_client(&pki, "client.crt", "server.key"), None)
+            .expect_err("key of another certificate");
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "certificate file \"{}\" does not match private key file \"{}\"",
+                pki.path("client.crt").display(),
+                pki.path("server.key").display()
+            )
+        );
+
+        let err = TlsConnector::with_home(&with_client(&pki, "nope.crt", "client.key"), None)
+            .expect_err("missing certificate");
+        assert!(matches!(err, TlsError::ClientCertMissing(_)), "{err:?}");
+        let err = TlsConnector::with_home(&with_client(&pki, "client.crt", "nope.key"), None)
+            .expect_err("missing key");
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "certificate present, but not private key file \"{}\"; set sslkey to the key file",
+                pki.path("nope.key").display()
+            )
+        );
+        let err = TlsConnector::with_home(&with_client(&pki, "client.crt", "ca.crt"), None);
+        assert!(
+            matches!(
+                err,
+                Err(TlsError::KeyPermissions(_) | TlsError::KeyRead { .. })
+            ),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn private_keys_in_pkcs1_and_sec1_form_are_read() {
+        let pki = Pki::new();
+        pki.openssl("genrsa -traditional -out rsa.key 2048");
+        pki.openssl("ec -in client.key -out ec.key");
+        pki.chmod("rsa.key", 0o600);
+        pki.chmod("ec.key", 0o600);
+        assert!(matches!(
+            read_private_key(&pki.path("rsa.key")),
+            Ok(PrivateKeyDer::Pkcs1(_))
+        ));
+        assert!(matches!(
+            read_private_key(&pki.path("ec.key")),
+            Ok(PrivateKeyDer::Sec1(_))
+        ));
+        assert!(matches!(
+            read_private_key(&pki.path("client.key")),
+            Ok(PrivateKeyDer::Pkcs8(_))
+        ));
+    }
+
+    /// The digest of a certificate's DER, computed by openssl.
+    fn sha(pki: &Pki, cert: &str, digest: &str) -> Vec<u8> {
+        let der = format!("{cert}.der");
+        pki.openssl(&format!("x509 -in {cert} -outform der -out {der}"));
+        let out = Command::new("openssl")
+            .args(["dgst", digest, "-binary", &der])
+            .current_dir(pki.dir.path())
+            .output()
+            .expect("openssl dgst");
+        assert!(out.status.success());
+        out.stdout
+    }
+
+    #[test]
+    fn channel_binding_hash_follows_the_signature_hash() {
+        let pki = Pki::new();
+        pki.leaf("sha384", "localhost", "server", "-sha384");
+        pki.leaf("sha512", "localhost", "server", "-sha512");
+        pki.leaf("sha1", "localhost", "server", "-sha1");
+        for (cert, digest) in [
+            ("server.crt", "-sha256"),
+            ("sha384.crt", "-sha384"),
+            ("sha512.crt", "-sha512"),
+            ("sha1.crt", "-sha256"),
+        ] {
+            let hash = channel_binding_hash(&pki.der(cert)).expect("hash defined");
+            assert_eq!(hash, sha(&pki, cert, digest), "{cert}");
+        }
+
+        pki.openssl(
+            "req -config openssl.cnf -x509 -new -newkey rsa:2048 -nodes -keyout pss.key -out \
+            pss.crt -subj /CN=pss -sha384 -sigopt rsa_padding_mode:pss",
+        );
+        assert_eq!(
+            channel_binding_hash(&pki.der("pss.crt")),
+            Some(sha(&pki, "pss.crt", "-sha384"))
+        );
+
+        pki.openssl(
+            "req -config openssl.cnf -x509 -new -newkey ed25519 -nodes -keyout ed.key -out ed.crt \
+            -subj /CN=ed",
+        );
+        assert_eq!(channel_binding_hash(&pki.der("ed.crt")), None);
+        assert_eq!(channel_binding_hash(b"not a certificate"), None);
+    }
+
+    #[test]
+    fn wildcards_match_one_label() {
+        assert!(dns_name_matches("*.example.com", "db.example.com"));
+        assert!(dns_name_matches("*.Example.COM", "DB.example.com"));
+        assert!(!dns_name_matches("*.example.com", "example.com"));
+        assert!(!dns_name_matches("*.example.com", "a.db.example.com"));
+        assert!(!dns_name_matches("*.example.com", ".example.com"));
+        assert!(!dns_name_matches("db*.example.com", "db1.example.com"));
+        assert!(!dns_name_matches("*", "localhost"));
+        assert!(dns_name_matches("db.example.com", "DB.EXAMPLE.COM"));
+    }
+
+    #[test]
+    fn name_mismatch_messages_count_the_other_names() {
+        let err = |presented: &[&str]| TlsError::NameMismatch {
+            host: "h".to_owned(),
+            presented: presented.iter().map(|s| s.to_string()).collect(),
+        };
+        assert_eq!(
+            err(&["a", "b"]).to_string(),
+            "server certificate for \"a\" (and 1 other name) does not match host name \"h\""
+        );
+        assert_eq!(
+            err(&["a", "b", "c"]).to_string(),
+            "server certificate for \"a\" (and 2 other names) does not match host name \"h\""
+        );
+        assert!(
+            err(&[])
+                .to_string()
+                .starts_with("could not get server's host name")
+        );
+    }
+}
