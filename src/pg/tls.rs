@@ -16,6 +16,11 @@
 //!   (case-insensitive, a leading `*.` matches one label) and IP addresses, falling back to the
 //!   subject Common Name when no SAN of the host's kind (DNS or IP) is present;
 //! * `sslrootcert=system` loads the operating system's CA bundle and requires `verify-full`.
+//!
+//! Use: build a [`TlsConnector`] from [`TlsSettings`] when TLS is about to be used, call
+//! [`TlsConnector::handshake`] right after the server's `S`, and map errors from the first
+//! reads with [`TlsConnector::explain`]. For SCRAM-SHA-256-PLUS, feed [`server_certificate`]
+//! to [`channel_binding_hash`]; `None` means no channel binding is possible.
 
 use std::fmt;
 use std::io;
@@ -827,6 +832,11 @@ basicConstraints = CA:FALSE
 keyUsage = critical,digitalSignature
 extendedKeyUsage = serverAuth
 subjectAltName = DNS:localhost
+[server_ip]
+basicConstraints = CA:FALSE
+keyUsage = critical,digitalSignature
+extendedKeyUsage = serverAuth
+subjectAltName = DNS:db.example.com, IP:127.0.0.1
 [server_cn_only]
 basicConstraints = CA:FALSE
 keyUsage = critical,digitalSignature
@@ -1151,6 +1161,21 @@ extendedKeyUsage = clientAuth
             Some(sha(&pki, "server.crt", "-sha256"))
         );
         server.await.expect("join").expect("server side");
+
+        pki.leaf("ip", "db.example.com", "server_ip", "-sha256");
+        pki.chmod("ip.key", 0o600);
+        let (addr, _server) = serve(&pki, "ip", ServerOptions::default()).await;
+        connect(&pki, &full, addr, "127.0.0.1")
+            .await
+            .expect("IP SAN matches the IP host");
+        let (addr, _server) = serve(&pki, "ip", ServerOptions::default()).await;
+        let err = connect(&pki, &full, addr, "localhost")
+            .await
+            .expect_err("DNS SAN present, so the CN is ignored");
+        assert_eq!(
+            err.to_string(),
+            "server certificate for \"db.example.com\" (and 1 other name) does not match host name \"localhost\""
+        );
     }
 
     #[tokio::test]
