@@ -7,9 +7,14 @@
 mod conninfo;
 mod modes;
 mod pgpass;
+mod tls;
 
 pub use conninfo::{
     ConnConfig, ConnInfoError, ConnParams, DEFAULT_PORT, Environment, Host, Origin, Replication,
     SystemEnvironment, Target, Word, quote,
 };
 pub use modes::{ChannelBinding, SslMode};
+pub use tls::{
+    TlsConnector, TlsError, TlsSettings, Trust, channel_binding_hash, default_sslmode,
+    server_certificate,
+};
