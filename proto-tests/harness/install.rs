@@ -111,9 +111,21 @@ fn reachable_bin_dir(major: u32, bin: &Path, tree: &Path) -> PathBuf {
     let base = Path::new("/tmp/walden-pg");
     let dest = base.join(major.to_string());
     let copied_bin = dest.join(relative);
-    if postgres_can_run(&copied_bin) {
+    let same_version = || {
+        let version = |b: &Path| {
+            Command::new(b.join("postgres"))
+                .arg("--version")
+                .output()
+                .map(|o| o.stdout)
+                .ok()
+        };
+        version(&copied_bin).is_some_and(|v| Some(v) == version(bin))
+    };
+    if postgres_can_run(&copied_bin) && same_version() {
         return copied_bin;
     }
+    // Missing, unreachable or from another build: replace it.
+    let _ = std::fs::remove_dir_all(&dest);
     std::fs::create_dir_all(base).expect("create /tmp/walden-pg");
     run_ok(Command::new("chmod").arg("0755").arg(base));
     let staging = base.join(format!("{major}.tmp-{}", std::process::id()));
