@@ -1,1 +1,6 @@
+//! Integration tests against real PostgreSQL servers (15, 16, 18), one test per scenario and
+//! version (`name::pg15`, ...). See `harness` for the servers, roles and TLS files they get.
 
+mod harness;
+
+mod harness_smoke;
