@@ -84,7 +84,17 @@ mod tests {
         assert_eq!("0/16B3748".parse::<Lsn>(), Ok(Lsn(0x16B3748)));
         assert_eq!("0/0300000".parse::<Lsn>(), Ok(Lsn(0x300000)));
         assert_eq!("A/03000000".parse::<Lsn>(), Ok(Lsn(0xA_0300_0000)));
-        for bad in ["", "0", "/1", "1/", "0/x", "123456789/0", "0/1 ", "+1/0", "0/-1"] {
+        for bad in [
+            "",
+            "0",
+            "/1",
+            "1/",
+            "0/x",
+            "123456789/0",
+            "0/1 ",
+            "+1/0",
+            "0/-1",
+        ] {
             assert!(bad.parse::<Lsn>().is_err(), "{bad:?} should not parse");
         }
     }
