@@ -3,8 +3,13 @@
 //! # Layout
 //! - [`pg`] speaks the PostgreSQL wire and replication protocol; it knows nothing of disks.
 //! - [`wal`] knows the WAL format (positions, segments, pages, records) and does no I/O.
+//! - [`identify`] composes them into `walden identify`.
+//! - [`exit`] and [`logging`] are shared by the two binaries.
 //!
 //! The binaries in `src/bin/` only parse arguments and call into this library.
 
+pub mod exit;
+pub mod identify;
+pub mod logging;
 pub mod pg;
 pub mod wal;

@@ -167,6 +167,31 @@ pub enum TlsError {
     Handshake { host: String, reason: String },
 }
 
+impl TlsError {
+    /// True when the cause is in the settings or files the user gave (retrying cannot help),
+    /// false when it came from the server or the network during the handshake.
+    pub fn is_config(&self) -> bool {
+        matches!(
+            self,
+            TlsError::RootCertMissing(_)
+                | TlsError::NoHomeForRootCert
+                | TlsError::RootCertRead { .. }
+                | TlsError::WeakModeWithSystemRoots(_)
+                | TlsError::NoSystemRoots { .. }
+                | TlsError::ClientCertMissing(_)
+                | TlsError::ClientCertRead { .. }
+                | TlsError::KeyMissing(_)
+                | TlsError::NoHomeForKey
+                | TlsError::KeyNotRegularFile(_)
+                | TlsError::KeyPermissions(_)
+                | TlsError::KeyRead { .. }
+                | TlsError::KeyMismatch { .. }
+                | TlsError::InvalidHostName(_)
+                | TlsError::Config(_)
+        )
+    }
+}
+
 fn name_mismatch(presented: &[String], host: &str) -> String {
     match presented {
         [] => format!(

@@ -1,0 +1,20 @@
+//! Exit codes shared by both binaries; scripts and monitoring rely on them.
+
+/// Success.
+pub const OK: u8 = 0;
+/// The thing asked for is not there (for example `wal-fetch` of a segment the store does not
+/// hold: recovery relies on this code).
+pub const NOT_FOUND: u8 = 1;
+/// Usage or configuration error: a bad flag, connection string or config file. Retrying the
+/// same command cannot help.
+pub const USAGE: u8 = 2;
+/// The server could not be reached or refused us: connection, TLS, authentication,
+/// permission. Retrying may help once the cause is fixed.
+pub const CONNECTION: u8 = 3;
+/// Any other failure.
+pub const FAILURE: u8 = 4;
+
+/// The exit code for a client error.
+pub fn for_pg_error(e: &crate::pg::Error) -> u8 {
+    if e.is_config() { USAGE } else { CONNECTION }
+}

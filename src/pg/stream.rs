@@ -1,0 +1,402 @@
+//! Physical streaming: `START_REPLICATION`, the messages inside CopyBoth (`w` XLogData, `k`
+//! keepalive in; `r` standby status update out), and the end-of-timeline sequence.
+//!
+//! Message layouts (all integers big-endian, times in microseconds since 2000-01-01 UTC):
+//! - `w`: dataStart i64, walEnd i64, sendTime i64, then WAL bytes;
+//! - `k`: walEnd i64, sendTime i64, replyRequested u8;
+//! - `r`: write i64, flush i64, apply i64, clientTime i64, replyRequested u8 (positions are
+//!   "last byte + 1").
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use postgres_protocol::message::backend::Message;
+
+use super::connection::Connection;
+use super::error::{Error, ServerError};
+use super::frame::Frame;
+use super::frame::message_name;
+use super::replication::SlotName;
+use crate::wal::{Lsn, TimelineId};
+
+/// Seconds from the Unix epoch to PostgreSQL's epoch, 2000-01-01 00:00:00 UTC.
+const POSTGRES_EPOCH_UNIX_SECS: u64 = 946_684_800;
+
+/// A message the server sends inside CopyBoth.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ServerMessage {
+    XLogData(XLogData),
+    Keepalive(Keepalive),
+}
+
+/// A chunk of WAL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct XLogData {
+    /// Position of the first byte of `data`.
+    pub start: Lsn,
+    /// The server's flush position when it sent this (useful for lag).
+    pub wal_end: Lsn,
+    pub send_time: PgTimestamp,
+    pub data: Bytes,
+}
+
+/// A keepalive; when `reply_requested`, the server wants a status update at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Keepalive {
+    pub wal_end: Lsn,
+    pub send_time: PgTimestamp,
+    pub reply_requested: bool,
+}
+
+/// Microseconds since 2000-01-01 00:00:00 UTC, PostgreSQL's timestamp.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct PgTimestamp(pub i64);
+
+impl PgTimestamp {
+    pub fn now() -> PgTimestamp {
+        PgTimestamp::from_system_time(SystemTime::now())
+    }
+
+    pub fn from_system_time(t: SystemTime) -> PgTimestamp {
+        let since_unix = t.duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO);
+        let micros = since_unix.as_micros() as i64 - (POSTGRES_EPOCH_UNIX_SECS as i64) * 1_000_000;
+        PgTimestamp(micros)
+    }
+
+    pub fn to_system_time(self) -> SystemTime {
+        let unix_micros = self.0 + (POSTGRES_EPOCH_UNIX_SECS as i64) * 1_000_000;
+        if unix_micros >= 0 {
+            UNIX_EPOCH + Duration::from_micros(unix_micros as u64)
+        } else {
+            UNIX_EPOCH
+        }
+    }
+}
+
+/// A CopyData payload that is not a valid `w` or `k` message.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid replication message: {0}")]
+pub struct StreamMessageError(String);
+
+impl ServerMessage {
+    /// Decodes one CopyData payload received in physical streaming.
+    pub fn parse(mut payload: Bytes) -> Result<ServerMessage, StreamMessageError> {
+        let short = |what: &str| StreamMessageError(format!("{what} message too short"));
+        let tag = payload.try_get_u8().map_err(|_| short("empty"))?;
+        match tag {
+            b'w' => {
+                let start = payload.try_get_u64().map_err(|_| short("XLogData"))?;
+                let wal_end = payload.try_get_u64().map_err(|_| short("XLogData"))?;
+                let send_time = payload.try_get_i64().map_err(|_| short("XLogData"))?;
+                Ok(ServerMessage::XLogData(XLogData {
+                    start: Lsn(start),
+                    wal_end: Lsn(wal_end),
+                    send_time: PgTimestamp(send_time),
+                    data: payload,
+                }))
+            }
+            b'k' => {
+                let wal_end = payload.try_get_u64().map_err(|_| short("keepalive"))?;
+                let send_time = payload.try_get_i64().map_err(|_| short("keepalive"))?;
+                let reply = payload.try_get_u8().map_err(|_| short("keepalive"))?;
+                if !payload.is_empty() {
+                    return Err(StreamMessageError("keepalive message too long".into()));
+                }
+                Ok(ServerMessage::Keepalive(Keepalive {
+                    wal_end: Lsn(wal_end),
+                    send_time: PgTimestamp(send_time),
+                    reply_requested: reply != 0,
+                }))
+            }
+            other => Err(StreamMessageError(format!(
+                "unknown message type 0x{other:02x}"
+            ))),
+        }
+    }
+}
+
+/// Our standby status update (`r`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StatusUpdate {
+    /// Received up to here (last byte + 1).
+    pub write: Lsn,
+    /// Durable up to here. `Lsn::INVALID` when we do not report durability (no slot, not
+    /// synchronous): the server then never counts us as a synchronous standby.
+    pub flush: Lsn,
+    /// We never replay WAL: always invalid.
+    pub apply: Lsn,
+    pub time: PgTimestamp,
+    pub reply_requested: bool,
+}
+
+impl StatusUpdate {
+    /// The CopyData payload.
+    pub fn encode(&self) -> Bytes {
+        let mut buf = BytesMut::with_capacity(34);
+        buf.put_u8(b'r');
+        buf.put_u64(self.write.0);
+        buf.put_u64(self.flush.0);
+        buf.put_u64(self.apply.0);
+        buf.put_i64(self.time.0);
+        buf.put_u8(u8::from(self.reply_requested));
+        buf.freeze()
+    }
+}
+
+/// How a `START_REPLICATION` ended or what it yields.
+#[derive(Debug)]
+pub enum StreamEvent {
+    /// A message inside CopyBoth.
+    Message(ServerMessage),
+    /// The server finished the timeline we asked for: the next timeline starts at
+    /// `next_start` (the switch point). The connection is ready for another command.
+    EndOfTimeline {
+        next_timeline: TimelineId,
+        next_start: Lsn,
+    },
+    /// The server ended streaming without a next timeline (it is shutting down, or it
+    /// acknowledged our CopyDone). The connection is ready or closed.
+    Ended,
+}
+
+/// What `START_REPLICATION` answered.
+#[derive(Debug)]
+pub enum StartReply {
+    /// CopyBoth began: read events with [`Connection::next_stream_event`].
+    Streaming,
+    /// The start position is exactly the end of the historic timeline asked for: the server
+    /// skipped COPY and told us where the next timeline starts.
+    TimelineEnded {
+        next_timeline: TimelineId,
+        next_start: Lsn,
+    },
+}
+
+impl Connection {
+    /// `START_REPLICATION [SLOT "s"] PHYSICAL X/X TIMELINE n`. An error before COPY (unknown
+    /// slot, slot in use, a start point not in the server's history) is returned as the
+    /// server's error.
+    pub async fn start_replication(
+        &mut self,
+        slot: Option<&SlotName>,
+        start: Lsn,
+        timeline: TimelineId,
+    ) -> Result<StartReply, Error> {
+        let slot = slot.map(|s| format!("SLOT \"{s}\" ")).unwrap_or_default();
+        let command = format!(
+            "START_REPLICATION {slot}PHYSICAL {:X}/{:08X} TIMELINE {}",
+            start.0 >> 32,
+            start.0 & 0xFFFF_FFFF,
+            timeline.0
+        );
+        self.send_query(&command).await?;
+        match self.recv().await? {
+            Frame::CopyBothResponse => Ok(StartReply::Streaming),
+            Frame::Message(Message::ErrorResponse(body)) => {
+                let error = ServerError::from_fields(body.fields());
+                self.wait_ready().await?;
+                Err(Error::Server(error))
+            }
+            Frame::Message(Message::RowDescription(_)) => {
+                let (next_timeline, next_start) = self.read_next_timeline_row().await?;
+                Ok(StartReply::TimelineEnded {
+                    next_timeline,
+                    next_start,
+                })
+            }
+            other => Err(self.protocol_error(format!(
+                "unexpected {other:?} in reply to START_REPLICATION"
+            ))),
+        }
+    }
+
+    /// The next thing that happens in a stream started with [`Self::start_replication`].
+    pub async fn next_stream_event(&mut self) -> Result<StreamEvent, Error> {
+        match self.recv().await? {
+            Frame::Message(Message::CopyData(body)) => ServerMessage::parse(body.into_bytes())
+                .map(StreamEvent::Message)
+                .map_err(|e| self.protocol_error(e.to_string())),
+            Frame::Message(Message::CopyDone) => {
+                // End of a historic timeline: answer CopyDone, then read the next timeline.
+                self.send_copy_done().await?;
+                self.finish_stream().await
+            }
+            Frame::Message(Message::CommandComplete(_)) => {
+                // Server shutdown: "COPY 0" without CopyDone, then ReadyForQuery or EOF.
+                Ok(StreamEvent::Ended)
+            }
+            Frame::Message(Message::ErrorResponse(body)) => {
+                Err(Error::Server(ServerError::from_fields(body.fields())))
+            }
+            other => Err(self.protocol_error(format!("unexpected {other:?} while streaming"))),
+        }
+    }
+
+    /// Sends a standby status update.
+    pub async fn send_status_update(&mut self, update: &StatusUpdate) -> Result<(), Error> {
+        self.send_copy_data(&update.encode()).await
+    }
+
+    /// Reads what follows the end of COPY: the next-timeline result set (if any) and the
+    /// command completion, up to ReadyForQuery.
+    async fn finish_stream(&mut self) -> Result<StreamEvent, Error> {
+        loop {
+            match self.recv().await? {
+                Frame::Message(Message::RowDescription(_)) => {
+                    let (next_timeline, next_start) = self.read_next_timeline_row().await?;
+                    return Ok(StreamEvent::EndOfTimeline {
+                        next_timeline,
+                        next_start,
+                    });
+                }
+                // Data the server had in flight before it saw our CopyDone.
+                Frame::Message(Message::CopyData(_)) | Frame::Message(Message::CopyDone) => {}
+                Frame::Message(Message::CommandComplete(_)) => {}
+                Frame::Message(Message::ReadyForQuery(_)) => return Ok(StreamEvent::Ended),
+                Frame::Message(Message::ErrorResponse(body)) => {
+                    let error = ServerError::from_fields(body.fields());
+                    self.wait_ready().await?;
+                    return Err(Error::Server(error));
+                }
+                other => {
+                    return Err(self.protocol_error(format!(
+                        "unexpected {other:?} after the end of streaming"
+                    )));
+                }
+            }
+        }
+    }
+
+    /// After the RowDescription of the next-timeline result: its one row, then the command
+    /// completions up to ReadyForQuery.
+    async fn read_next_timeline_row(&mut self) -> Result<(TimelineId, Lsn), Error> {
+        let mut next = None;
+        loop {
+            match self.recv().await? {
+                Frame::Message(Message::DataRow(body)) => {
+                    let values = super::connection::data_row_values(&body)
+                        .map_err(|e| self.protocol_error(format!("bad DataRow: {e}")))?;
+                    let text = |i: usize| {
+                        values
+                            .get(i)
+                            .and_then(|v| v.as_ref())
+                            .and_then(|b| std::str::from_utf8(b).ok())
+                            .map(str::to_string)
+                    };
+                    let tli = text(0).and_then(|t| t.parse::<u32>().ok());
+                    let lsn = text(1).and_then(|t| t.parse::<Lsn>().ok());
+                    match (tli, lsn) {
+                        (Some(tli), Some(lsn)) => next = Some((TimelineId(tli), lsn)),
+                        _ => {
+                            return Err(
+                                self.protocol_error("unreadable next-timeline row after streaming")
+                            );
+                        }
+                    }
+                }
+                Frame::Message(Message::CommandComplete(_)) => {}
+                Frame::Message(Message::ReadyForQuery(_)) => {
+                    return next.ok_or_else(|| {
+                        self.protocol_error("next-timeline result set without a row")
+                    });
+                }
+                Frame::Message(other) => {
+                    return Err(self.protocol_error(format!(
+                        "unexpected {} in the next-timeline result",
+                        message_name(&other)
+                    )));
+                }
+                other => {
+                    return Err(self.protocol_error(format!(
+                        "unexpected {other:?} in the next-timeline result"
+                    )));
+                }
+            }
+        }
+    }
+
+    /// Skips to ReadyForQuery (after an error).
+    async fn wait_ready(&mut self) -> Result<(), Error> {
+        loop {
+            if let Frame::Message(Message::ReadyForQuery(_)) = self.recv().await? {
+                return Ok(());
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn xlogdata() {
+        let mut buf = BytesMut::new();
+        buf.put_u8(b'w');
+        buf.put_u64(0x0100_0000);
+        buf.put_u64(0x0100_0100);
+        buf.put_i64(42);
+        buf.put_slice(b"wal!");
+        let msg = ServerMessage::parse(buf.freeze()).unwrap();
+        assert_eq!(
+            msg,
+            ServerMessage::XLogData(XLogData {
+                start: Lsn(0x0100_0000),
+                wal_end: Lsn(0x0100_0100),
+                send_time: PgTimestamp(42),
+                data: Bytes::from_static(b"wal!"),
+            })
+        );
+    }
+
+    #[test]
+    fn keepalive() {
+        let mut buf = BytesMut::new();
+        buf.put_u8(b'k');
+        buf.put_u64(7);
+        buf.put_i64(8);
+        buf.put_u8(1);
+        assert_eq!(
+            ServerMessage::parse(buf.freeze()).unwrap(),
+            ServerMessage::Keepalive(Keepalive {
+                wal_end: Lsn(7),
+                send_time: PgTimestamp(8),
+                reply_requested: true,
+            })
+        );
+    }
+
+    #[test]
+    fn status_update_layout() {
+        let update = StatusUpdate {
+            write: Lsn(0x10),
+            flush: Lsn(0x8),
+            apply: Lsn::INVALID,
+            time: PgTimestamp(1),
+            reply_requested: false,
+        };
+        let bytes = update.encode();
+        assert_eq!(bytes.len(), 34);
+        assert_eq!(bytes[0], b'r');
+        assert_eq!(&bytes[1..9], &0x10u64.to_be_bytes());
+        assert_eq!(&bytes[9..17], &0x8u64.to_be_bytes());
+        assert_eq!(&bytes[17..25], &0u64.to_be_bytes());
+        assert_eq!(&bytes[25..33], &1i64.to_be_bytes());
+        assert_eq!(bytes[33], 0);
+    }
+
+    #[test]
+    fn timestamps() {
+        let t = UNIX_EPOCH + Duration::from_secs(POSTGRES_EPOCH_UNIX_SECS + 1);
+        assert_eq!(PgTimestamp::from_system_time(t), PgTimestamp(1_000_000));
+        assert_eq!(PgTimestamp(1_000_000).to_system_time(), t);
+    }
+
+    proptest! {
+        #[test]
+        fn parse_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..64)) {
+            let _ = ServerMessage::parse(Bytes::from(bytes));
+        }
+    }
+}
