@@ -4,3 +4,5 @@
 mod harness;
 
 mod harness_smoke;
+mod identify;
+mod replication_commands;
