@@ -211,8 +211,17 @@ impl Connection {
     }
 
     /// The next thing that happens in a stream started with [`Self::start_replication`].
+    ///
+    /// Not cancel-safe as a whole (the end of a timeline is a short exchange); in `select!`,
+    /// await [`Connection::recv`] (which is) and pass its frame to [`Self::stream_event`].
     pub async fn next_stream_event(&mut self) -> Result<StreamEvent, Error> {
-        match self.recv().await? {
+        let frame = self.recv().await?;
+        self.stream_event(frame).await
+    }
+
+    /// Interprets one frame received while streaming.
+    pub async fn stream_event(&mut self, frame: Frame) -> Result<StreamEvent, Error> {
+        match frame {
             Frame::Message(Message::CopyData(body)) => ServerMessage::parse(body.into_bytes())
                 .map(StreamEvent::Message)
                 .map_err(|e| self.protocol_error(e.to_string())),
@@ -230,6 +239,13 @@ impl Connection {
             }
             other => Err(self.protocol_error(format!("unexpected {other:?} while streaming"))),
         }
+    }
+
+    /// Ends streaming from our side (CopyDone) and reads the server's end of it; the
+    /// connection is then ready for another command.
+    pub async fn stop_streaming(&mut self) -> Result<(), Error> {
+        self.send_copy_done().await?;
+        self.finish_stream().await.map(drop)
     }
 
     /// Sends a standby status update.
