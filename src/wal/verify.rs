@@ -391,6 +391,15 @@ impl WalVerifier {
 
     /// Consumes a non-empty prefix of `body`, which lies within one page after its header.
     fn body_bytes(&mut self, body: &[u8]) -> Result<usize, (Lsn, Problem)> {
+        let mut used = 0;
+        while matches!(self.state, State::Header { have: 0, .. })
+            && let Some(n) = self.whole_record(body.get(used..).unwrap_or_default())?
+        {
+            used += n;
+        }
+        if used > 0 {
+            return Ok(used);
+        }
         match self.state {
             State::Seeking | State::Skip { .. } => {
                 // Unreachable: Seeking is resolved by a page header, Skip handled in `step`.
@@ -432,6 +441,41 @@ impl WalVerifier {
                 Ok(take)
             }
         }
+    }
+
+    /// The fast path: a record that starts at `body[0]` and lies wholly within `body` is
+    /// checked in place, with its alignment padding. None if it does not fit (or is the
+    /// end of WAL): the byte-wise path handles it.
+    fn whole_record(&mut self, body: &[u8]) -> Result<Option<usize>, (Lsn, Problem)> {
+        let Some(raw) = body
+            .get(..RECORD_HEADER_LEN)
+            .and_then(|h| <&[u8; RECORD_HEADER_LEN]>::try_from(h).ok())
+        else {
+            return Ok(None);
+        };
+        let header = RecordHeader::parse(raw);
+        // Lengths below the header's (zero: end of WAL) give no slice: the byte-wise path.
+        let Some(payload) = body.get(RECORD_HEADER_LEN..header.tot_len as usize) else {
+            return Ok(None);
+        };
+        let start = Lsn(self.pos);
+        header
+            .validate(start, self.last_record)
+            .map_err(|e| (start, e.into()))?;
+        let mut crc = RecordCrc::default();
+        crc.update(payload);
+        self.pos += u64::from(header.tot_len);
+        self.complete_record(start, raw, crc)?;
+        let mut used = header.tot_len as usize;
+        if let State::Skip { until, .. } = self.state {
+            let pad = (until - self.pos) as usize;
+            if pad <= body.len() - used {
+                self.pos = until;
+                used += pad;
+                self.finish_skip();
+            }
+        }
+        Ok(Some(used))
     }
 
     fn header_bytes(
