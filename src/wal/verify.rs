@@ -970,6 +970,51 @@ mod tests {
         );
     }
 
+    #[test]
+    fn overwritten_contrecord_restarts_at_the_page() {
+        let mut b = WalBuilder::new(3);
+        let good = b.record(100);
+        let abandoned = b.record(9000); // runs into the second page
+        let overwrite = b.overwrite_contrecord(good.start);
+        let after = b.record(10);
+        assert_eq!(overwrite.start, Lsn(b.base + 8192 + 24));
+        let (v, r) = verify_all(&b.bytes, config(1), Lsn(b.base));
+        r.unwrap();
+        assert_eq!(v.records(), 3);
+        assert_eq!(v.last_record(), Some(after.start));
+        assert!(abandoned.end > overwrite.start);
+    }
+
+    #[test]
+    fn record_header_split_across_pages() {
+        let mut b = WalBuilder::new(3);
+        let mut last = b.record(0);
+        while last.end.0 % 8192 != 8176 {
+            last = b.record(0);
+        }
+        let split = b.record(500); // 16 header bytes here, 8 on the next page
+        b.record(10);
+        for chunk in 1..=48 {
+            let mut v = WalVerifier::new(config(1), Lsn(b.base)).unwrap();
+            for c in b.bytes.chunks(chunk) {
+                v.feed(c).unwrap();
+            }
+            assert!(v.records() > 300 && !v.in_record(), "chunk {chunk}");
+        }
+        // The part of the header on the next page (info, rmid, CRC) is checked too.
+        let i = b.at(split.start) + 16 + 24 + 1;
+        b.bytes[i] ^= 0x40;
+        let err = verify_all(&b.bytes, config(1), Lsn(b.base)).1.unwrap_err();
+        assert_eq!(err.at, split.start);
+        assert!(
+            matches!(
+                err.problem,
+                Problem::Record(RecordError::ResourceManager { .. })
+            ),
+            "{err}"
+        );
+    }
+
     trait NextRecord {
         fn next_record(self) -> Lsn;
     }
