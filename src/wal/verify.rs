@@ -277,7 +277,7 @@ impl WalVerifier {
 
     /// The size of the page header of the page holding `pos`.
     fn header_len_here(&self) -> usize {
-        if self.pos % self.config.seg_size.bytes() < BLCKSZ {
+        if self.pos & (self.config.seg_size.bytes() - 1) < BLCKSZ {
             LONG_HEADER_LEN
         } else {
             SHORT_HEADER_LEN
