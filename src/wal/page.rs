@@ -43,6 +43,11 @@ impl PageMagic {
         Some(PageMagic(magic))
     }
 
+    /// The magic of a server reporting this `server_version_num` (e.g. 150018).
+    pub fn for_server_version_num(num: u32) -> Option<PageMagic> {
+        Self::for_major(num / 10000)
+    }
+
     /// `XLP_FIRST_IS_OVERWRITE_CONTRECORD` in this format: 0x0008 up to 18, 0x0004 after
     /// (where 18's `XLP_BKP_REMOVABLE` 0x0004 was removed).
     pub fn overwrite_contrecord_flag(self) -> u16 {
@@ -271,4 +276,93 @@ pub(crate) fn le_u64(b: &[u8], at: usize) -> u64 {
     b.get(at..at + 8)
         .and_then(|s| s.try_into().ok())
         .map_or(0, u64::from_le_bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn first_page_of(version: &str, name: &str) -> Vec<u8> {
+        let path = format!(
+            "{}/fixtures/wal/{version}/{name}",
+            env!("CARGO_MANIFEST_DIR")
+        );
+        std::fs::read(path).unwrap()[..8192].to_vec()
+    }
+
+    #[test]
+    fn magic_by_version() {
+        assert_eq!(PageMagic::for_major(15), Some(PageMagic(0xD110)));
+        assert_eq!(PageMagic::for_major(17), Some(PageMagic(0xD116)));
+        assert_eq!(
+            PageMagic::for_server_version_num(180006),
+            Some(PageMagic(0xD118))
+        );
+        assert_eq!(PageMagic::for_major(9), None);
+        assert_eq!(PageMagic(0xD118).overwrite_contrecord_flag(), 0x0008);
+        assert_eq!(PageMagic(0xD120).overwrite_contrecord_flag(), 0x0004);
+        assert_eq!(PageMagic(0xD120).valid_info_mask(), 0x0007);
+    }
+
+    #[test]
+    fn parses_and_validates_a_real_long_header() {
+        let page = first_page_of("pg16", "000000010000000000000007");
+        let h = PageHeader::parse(&page).unwrap();
+        assert_eq!(h.magic, PageMagic::for_major(16).unwrap());
+        assert_eq!(h.header_len(), LONG_HEADER_LEN);
+        assert!(h.is_contrecord() && !h.is_overwrite_contrecord());
+        assert_eq!(h.pageaddr, Lsn(0x70_0000));
+        let long = h.long.unwrap();
+        assert_eq!((long.seg_size, long.block_size), (1 << 20, 8192));
+        let expect = PageExpectations {
+            magic: h.magic,
+            seg_size: WalSegSize::new(1 << 20).unwrap(),
+            system_identifier: Some(long.system_identifier),
+            file_tli: TimelineId(1),
+        };
+        assert_eq!(expect.validate(&h, Lsn(0x70_0000), None), Ok(()));
+        assert_eq!(
+            expect.validate(&h, Lsn(0x80_0000), None),
+            Err(PageError::PageAddress {
+                found: Lsn(0x70_0000),
+                expected: Lsn(0x80_0000)
+            })
+        );
+        // Given only 24 bytes, the long fields are missing and validation says so.
+        let short = PageHeader::parse(&page[..24]).unwrap();
+        assert!(matches!(
+            expect.validate(&short, Lsn(0x70_0000), None),
+            Err(PageError::Truncated { .. })
+        ));
+        assert!(matches!(
+            PageHeader::parse(&page[..23]),
+            Err(PageError::Truncated {
+                needed: 24,
+                got: 23
+            })
+        ));
+        // A long header where a short one belongs.
+        let mut moved = h;
+        moved.pageaddr = Lsn(0x70_2000);
+        assert_eq!(
+            expect.validate(&moved, Lsn(0x70_2000), None),
+            Err(PageError::UnexpectedLongHeader)
+        );
+    }
+
+    proptest! {
+        #[test]
+        fn parse_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..64)) {
+            if let Ok(h) = PageHeader::parse(&bytes) {
+                let expect = PageExpectations {
+                    magic: h.magic,
+                    seg_size: WalSegSize::DEFAULT,
+                    system_identifier: Some(1),
+                    file_tli: TimelineId(1),
+                };
+                let _ = expect.validate(&h, h.pageaddr, Some(TimelineId(2)));
+            }
+        }
+    }
 }

@@ -115,11 +115,6 @@ impl Lsn {
         // The offset is below the segment size, which fits in u32.
         (self.0 & (size.bytes() - 1)) as u32
     }
-
-    /// The position `n` bytes further on, or `None` past the end of the LSN space.
-    pub fn checked_add(self, n: u64) -> Option<Lsn> {
-        self.0.checked_add(n).map(Lsn)
-    }
 }
 
 /// The name of a WAL segment file as it appears in `pg_wal/` or in a store:

@@ -59,13 +59,28 @@ impl WalBuilder {
 
     /// Writes a page header at the current (page-aligned) position.
     fn page_header(&mut self, rem_len: u32) {
+        self.page_header_with(rem_len, 0);
+    }
+
+    /// Simulates crash recovery abandoning a record that ran into the current page: the page
+    /// is rewritten with XLP_FIRST_IS_OVERWRITE_CONTRECORD and the back link returns to
+    /// `prev` (the last complete record).
+    pub fn overwrite_contrecord(&mut self, prev: Lsn) -> Written {
+        let page = (self.pos() - 1) / BLCKSZ * BLCKSZ;
+        self.bytes.truncate((page - self.base) as usize);
+        self.page_header_with(0, 0x0008);
+        self.prev = prev.0;
+        self.record_with(0, 0xD0, 16)
+    }
+
+    fn page_header_with(&mut self, rem_len: u32, extra_info: u16) {
         let pos = self.pos();
         let first = pos.is_multiple_of(self.seg_size.bytes());
         let mut info: u16 = if rem_len > 0 { 1 } else { 0 };
         if first {
             info |= 2;
         }
-        info |= 4; // XLP_BKP_REMOVABLE, as 10–18 commonly set it
+        info |= 4 | extra_info; // XLP_BKP_REMOVABLE, as 10–18 commonly set it
         self.bytes.extend_from_slice(&MAGIC.0.to_le_bytes());
         self.bytes.extend_from_slice(&info.to_le_bytes());
         self.bytes.extend_from_slice(&self.tli.to_le_bytes());

@@ -277,7 +277,7 @@ impl WalVerifier {
 
     /// The size of the page header of the page holding `pos`.
     fn header_len_here(&self) -> usize {
-        if self.pos % self.config.seg_size.bytes() < BLCKSZ {
+        if self.pos & (self.config.seg_size.bytes() - 1) < BLCKSZ {
             LONG_HEADER_LEN
         } else {
             SHORT_HEADER_LEN
@@ -391,6 +391,15 @@ impl WalVerifier {
 
     /// Consumes a non-empty prefix of `body`, which lies within one page after its header.
     fn body_bytes(&mut self, body: &[u8]) -> Result<usize, (Lsn, Problem)> {
+        let mut used = 0;
+        while matches!(self.state, State::Header { have: 0, .. })
+            && let Some(n) = self.whole_record(body.get(used..).unwrap_or_default())?
+        {
+            used += n;
+        }
+        if used > 0 {
+            return Ok(used);
+        }
         match self.state {
             State::Seeking | State::Skip { .. } => {
                 // Unreachable: Seeking is resolved by a page header, Skip handled in `step`.
@@ -432,6 +441,41 @@ impl WalVerifier {
                 Ok(take)
             }
         }
+    }
+
+    /// The fast path: a record that starts at `body[0]` and lies wholly within `body` is
+    /// checked in place, with its alignment padding. None if it does not fit (or is the
+    /// end of WAL): the byte-wise path handles it.
+    fn whole_record(&mut self, body: &[u8]) -> Result<Option<usize>, (Lsn, Problem)> {
+        let Some(raw) = body
+            .get(..RECORD_HEADER_LEN)
+            .and_then(|h| <&[u8; RECORD_HEADER_LEN]>::try_from(h).ok())
+        else {
+            return Ok(None);
+        };
+        let header = RecordHeader::parse(raw);
+        // Lengths below the header's (zero: end of WAL) give no slice: the byte-wise path.
+        let Some(payload) = body.get(RECORD_HEADER_LEN..header.tot_len as usize) else {
+            return Ok(None);
+        };
+        let start = Lsn(self.pos);
+        header
+            .validate(start, self.last_record)
+            .map_err(|e| (start, e.into()))?;
+        let mut crc = RecordCrc::default();
+        crc.update(payload);
+        self.pos += u64::from(header.tot_len);
+        self.complete_record(start, raw, crc)?;
+        let mut used = header.tot_len as usize;
+        if let State::Skip { until, .. } = self.state {
+            let pad = (until - self.pos) as usize;
+            if pad <= body.len() - used {
+                self.pos = until;
+                used += pad;
+                self.finish_skip();
+            }
+        }
+        Ok(Some(used))
     }
 
     fn header_bytes(
@@ -921,6 +965,51 @@ mod tests {
             matches!(
                 err.problem,
                 Problem::DataAfterEnd { .. } | Problem::PageAfterEnd { .. }
+            ),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn overwritten_contrecord_restarts_at_the_page() {
+        let mut b = WalBuilder::new(3);
+        let good = b.record(100);
+        let abandoned = b.record(9000); // runs into the second page
+        let overwrite = b.overwrite_contrecord(good.start);
+        let after = b.record(10);
+        assert_eq!(overwrite.start, Lsn(b.base + 8192 + 24));
+        let (v, r) = verify_all(&b.bytes, config(1), Lsn(b.base));
+        r.unwrap();
+        assert_eq!(v.records(), 3);
+        assert_eq!(v.last_record(), Some(after.start));
+        assert!(abandoned.end > overwrite.start);
+    }
+
+    #[test]
+    fn record_header_split_across_pages() {
+        let mut b = WalBuilder::new(3);
+        let mut last = b.record(0);
+        while last.end.0 % 8192 != 8176 {
+            last = b.record(0);
+        }
+        let split = b.record(500); // 16 header bytes here, 8 on the next page
+        b.record(10);
+        for chunk in 1..=48 {
+            let mut v = WalVerifier::new(config(1), Lsn(b.base)).unwrap();
+            for c in b.bytes.chunks(chunk) {
+                v.feed(c).unwrap();
+            }
+            assert!(v.records() > 300 && !v.in_record(), "chunk {chunk}");
+        }
+        // The part of the header on the next page (info, rmid, CRC) is checked too.
+        let i = b.at(split.start) + 16 + 24 + 1;
+        b.bytes[i] ^= 0x40;
+        let err = verify_all(&b.bytes, config(1), Lsn(b.base)).1.unwrap_err();
+        assert_eq!(err.at, split.start);
+        assert!(
+            matches!(
+                err.problem,
+                Problem::Record(RecordError::ResourceManager { .. })
             ),
             "{err}"
         );
