@@ -57,6 +57,12 @@ pub fn durable_rename(from: &Path, to: &Path) -> Result<()> {
     let file = File::open(from).map_err(|e| StoreError::io("open", from, e))?;
     sync_file(&file, from)?;
     drop(file);
+    rename_synced(from, to)
+}
+
+/// [`durable_rename`] for a file the caller has just fsynced through its own handle: renames,
+/// then fsyncs the directory of `to` (and of `from` if different).
+pub fn rename_synced(from: &Path, to: &Path) -> Result<()> {
     fs::rename(from, to).map_err(|e| StoreError::io("rename into place", to, e))?;
     let to_dir = parent_of(to);
     sync_dir(to_dir)?;
@@ -81,7 +87,7 @@ pub fn write_file_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
         .map_err(|e| StoreError::io("write", &tmp, e))?;
     sync_file(&file, &tmp)?;
     drop(file);
-    durable_rename(&tmp, path)
+    rename_synced(&tmp, path)
 }
 
 /// Removes a file and fsyncs its directory.

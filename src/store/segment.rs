@@ -199,7 +199,7 @@ impl SegmentWriter {
                     Ok(existing.clone())
                 } else {
                     let kept = conflict_path(existing);
-                    durable::durable_rename(&self.partial, &kept)?;
+                    durable::rename_synced(&self.partial, &kept)?;
                     Err(StoreError::Conflict {
                         existing: existing.clone(),
                         kept,
@@ -207,7 +207,7 @@ impl SegmentWriter {
                 };
             }
         }
-        durable::durable_rename(&self.partial, &plain)?;
+        durable::rename_synced(&self.partial, &plain)?;
         drop(self.file);
         match compression {
             Compression::None => Ok(plain),
@@ -261,7 +261,7 @@ fn create_preallocated(path: &Path, len: u64) -> Result<File> {
         Err(e) => return Err(StoreError::io("preallocate", &tmp, e.into())),
     }
     durable::sync_file(&file, &tmp)?;
-    durable::durable_rename(&tmp, path)?;
+    durable::rename_synced(&tmp, path)?;
     Ok(file)
 }
 
@@ -286,7 +286,7 @@ fn compress(src: &Path, dst: &Path, level: i32, content_size: u64) -> Result<()>
         .map_err(|e| err(e.into_error()))?;
     durable::sync_file(&output, &tmp)?;
     drop(output);
-    durable::durable_rename(&tmp, dst)
+    durable::rename_synced(&tmp, dst)
 }
 
 /// Whether the stored file (decompressed if `compressed`) holds exactly the bytes of `ours`.
