@@ -674,3 +674,22 @@ fn free_space_is_reported() {
         Err(StoreError::Io { .. })
     ));
 }
+
+#[test]
+fn writers_can_move_to_a_blocking_thread() {
+    fn send<T: Send + 'static>() {}
+    send::<ClusterWriter>();
+    send::<SegmentWriter>();
+    send::<ClusterReader>();
+    let root = tempfile::tempdir().unwrap();
+    let mut w = open(root.path(), 1);
+    let seg = w.open_segment(TimelineId(1), SegNo(1)).unwrap();
+    let path = std::thread::spawn(move || {
+        let mut seg = seg;
+        write_whole(&mut seg, MB, 1);
+        seg.finish(Compression::None).unwrap()
+    })
+    .join()
+    .unwrap();
+    assert!(path.ends_with("000000010000000000000001"));
+}
