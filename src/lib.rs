@@ -3,6 +3,7 @@
 //! # Layout
 //! - [`pg`] speaks the PostgreSQL wire and replication protocol; it knows nothing of disks.
 //! - [`wal`] knows the WAL format (positions, segments, pages, records) and does no I/O.
+//! - [`store`] owns the on-disk store: layout, durable writes, the per-cluster lock, lookup.
 //! - [`identify`] composes them into `walden identify`.
 //! - [`exit`] and [`logging`] are shared by the two binaries.
 //!
@@ -12,4 +13,5 @@ pub mod exit;
 pub mod identify;
 pub mod logging;
 pub mod pg;
+pub mod store;
 pub mod wal;

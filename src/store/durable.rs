@@ -1,0 +1,184 @@
+//! Durability: the one place in walden that fsyncs or renames.
+//!
+//! Rules, in the order they are applied:
+//! - a file's data is fsynced before the file is renamed into its final name;
+//! - the rename is followed by an fsync of the directory holding the new name (and of the old
+//!   one when it differs), so the name itself survives a crash;
+//! - a newly created directory is made durable by fsyncing its parent;
+//! - a whole-file replacement goes through `<name>.tmp` in the same directory, so a reader sees
+//!   the old bytes or the new ones, never a mixture. Temporary names are fixed, not random:
+//!   only the holder of a cluster's lock writes, and a temporary file left by a crash is simply
+//!   overwritten next time (or removed when the cluster is next opened for writing).
+
+use std::ffi::OsString;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+use super::error::{Result, StoreError};
+
+/// The directory holding `path` (`.` for a bare file name).
+fn parent_of(path: &Path) -> &Path {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    }
+}
+
+/// The temporary name used while writing `path`: `<path>.tmp`.
+pub fn temp_path(path: &Path) -> PathBuf {
+    let mut s = OsString::from(path.as_os_str());
+    s.push(".tmp");
+    PathBuf::from(s)
+}
+
+/// Fsyncs a directory, making the names in it durable.
+pub fn sync_dir(path: &Path) -> Result<()> {
+    let dir = File::open(path).map_err(|e| StoreError::io("open directory", path, e))?;
+    dir.sync_all()
+        .map_err(|e| StoreError::io("fsync directory", path, e))
+}
+
+/// Fsyncs an open file's data and metadata (`fsync`).
+pub fn sync_file(file: &File, path: &Path) -> Result<()> {
+    file.sync_all()
+        .map_err(|e| StoreError::io("fsync", path, e))
+}
+
+/// Fsyncs an open file's data and the metadata needed to read it back (`fdatasync`).
+pub fn sync_data(file: &File, path: &Path) -> Result<()> {
+    file.sync_data()
+        .map_err(|e| StoreError::io("fdatasync", path, e))
+}
+
+/// Fsyncs `from`, renames it to `to` (replacing `to` if it exists), then fsyncs the
+/// directory of `to` (and of `from` if different).
+pub fn durable_rename(from: &Path, to: &Path) -> Result<()> {
+    let file = File::open(from).map_err(|e| StoreError::io("open", from, e))?;
+    sync_file(&file, from)?;
+    drop(file);
+    rename_synced(from, to)
+}
+
+/// [`durable_rename`] for a file the caller has just fsynced through its own handle: renames,
+/// then fsyncs the directory of `to` (and of `from` if different).
+pub fn rename_synced(from: &Path, to: &Path) -> Result<()> {
+    fs::rename(from, to).map_err(|e| StoreError::io("rename into place", to, e))?;
+    let to_dir = parent_of(to);
+    sync_dir(to_dir)?;
+    let from_dir = parent_of(from);
+    if from_dir != to_dir {
+        sync_dir(from_dir)?;
+    }
+    Ok(())
+}
+
+/// Replaces `path` with `bytes` atomically and durably: writes `<path>.tmp`, fsyncs it and
+/// renames it over `path`.
+pub fn write_file_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = temp_path(path);
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&tmp)
+        .map_err(|e| StoreError::io("create", &tmp, e))?;
+    file.write_all(bytes)
+        .map_err(|e| StoreError::io("write", &tmp, e))?;
+    sync_file(&file, &tmp)?;
+    drop(file);
+    rename_synced(&tmp, path)
+}
+
+/// Removes a file and fsyncs its directory.
+pub fn remove_file_durable(path: &Path) -> Result<()> {
+    fs::remove_file(path).map_err(|e| StoreError::io("remove", path, e))?;
+    sync_dir(parent_of(path))
+}
+
+/// Creates `path` and any missing ancestors, fsyncing the parent of each directory created.
+pub fn create_dir_all_durable(path: &Path) -> Result<()> {
+    let mut missing = Vec::new();
+    for dir in path.ancestors() {
+        if dir.as_os_str().is_empty() {
+            break;
+        }
+        match fs::metadata(dir) {
+            Ok(m) if m.is_dir() => break,
+            Ok(_) => {
+                return Err(StoreError::io(
+                    "create directory",
+                    dir,
+                    io::Error::new(io::ErrorKind::NotADirectory, "a file is in the way"),
+                ));
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => missing.push(dir),
+            Err(e) => return Err(StoreError::io("look at", dir, e)),
+        }
+    }
+    for dir in missing.into_iter().rev() {
+        match fs::create_dir(dir) {
+            Ok(()) => {}
+            // Someone else made it in between: it still needs its name made durable.
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(StoreError::io("create directory", dir, e)),
+        }
+        sync_dir(parent_of(dir))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn atomic_write_replaces_and_leaves_no_temp() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("f.json");
+        write_file_atomic(&p, b"one").unwrap();
+        write_file_atomic(&p, b"two!").unwrap();
+        assert_eq!(fs::read(&p).unwrap(), b"two!");
+        assert!(!temp_path(&p).exists());
+        // A stale temp file from a crash is overwritten, not appended to.
+        fs::write(temp_path(&p), b"garbage from a crash, longer than the data").unwrap();
+        write_file_atomic(&p, b"3").unwrap();
+        assert_eq!(fs::read(&p).unwrap(), b"3");
+        assert!(!temp_path(&p).exists());
+    }
+
+    #[test]
+    fn dirs_and_renames() {
+        let dir = tempfile::tempdir().unwrap();
+        let deep = dir.path().join("a/b/c");
+        create_dir_all_durable(&deep).unwrap();
+        assert!(deep.is_dir());
+        create_dir_all_durable(&deep).unwrap();
+        let f = dir.path().join("a/x");
+        fs::write(&f, b"x").unwrap();
+        assert!(create_dir_all_durable(&f.join("y")).is_err());
+        durable_rename(&f, &deep.join("x")).unwrap();
+        assert!(!f.exists());
+        assert_eq!(fs::read(deep.join("x")).unwrap(), b"x");
+        remove_file_durable(&deep.join("x")).unwrap();
+        assert!(!deep.join("x").exists());
+        let err = durable_rename(&f, &deep.join("z")).unwrap_err().to_string();
+        assert!(err.contains("a/x"), "{err}");
+    }
+
+    #[test]
+    fn disk_full_has_its_own_error() {
+        // /dev/full answers every write with ENOSPC: a real errno through the real mapping.
+        let mut full = OpenOptions::new().write(true).open("/dev/full").unwrap();
+        let e = full
+            .write_all(b"x")
+            .and_then(|()| full.flush())
+            .unwrap_err();
+        let err = StoreError::io("write", Path::new("/dev/full"), e);
+        assert!(matches!(err, StoreError::NoSpace { .. }), "{err:?}");
+        assert!(
+            err.to_string()
+                .starts_with("disk full: cannot write /dev/full")
+        );
+    }
+}

@@ -1,0 +1,83 @@
+//! The on-disk store: its layout, atomic and durable writes, the per-cluster lock, segment
+//! compression, and listing and lookup for readers.
+//!
+//! # Layout
+//! ```text
+//! STORE/<cluster>/cluster.json   which server: system identifier (a string), server_version_num,
+//!                                wal_segment_size, created (UTC), format (1)
+//! STORE/<cluster>/lock           flock'd by the one writer; holds its pid as text
+//! STORE/<cluster>/gaps.json      WAL the server no longer had when we needed it (absent = none)
+//! STORE/<cluster>/wal/<first 16 hex digits of the name>/<segment>[.zst|.partial]
+//! STORE/<cluster>/wal/NNNNNNNN.history
+//! ```
+//! Names are PostgreSQL's, so an administrator can copy files by hand. A cluster name is 1 to
+//! 64 characters of `A-Za-z0-9_.-` not starting with `.` (default `main`). Besides these, a
+//! store may hold `*.tmp` (an interrupted write; removed when the cluster is next opened for
+//! writing) and `<name>.conflict.<n>` (our copy of a file whose name was already taken by
+//! different bytes; kept for a human, never read).
+//!
+//! # Durability rules
+//! - Only [`durable`] fsyncs or renames, in this order: fsync the file, rename, fsync the
+//!   directory. New directories are made durable by fsyncing their parent.
+//! - Metadata files (`cluster.json`, `gaps.json`, history files) are replaced whole through
+//!   `<name>.tmp`.
+//! - A segment is written as `<name>.partial`, created at its full size (preallocated, then
+//!   fsynced with its directory) so its size never changes while WAL is written into it.
+//!   Only a whole, fsynced segment is renamed to its final name; compression then writes
+//!   `<name>.zst.tmp`, fsyncs, renames, and only after that removes the plain file. So a file
+//!   with a final name is always whole and durable, and a `.partial` is always full-size.
+//! - A completed name is never rewritten with different bytes ([`StoreError::Conflict`]).
+//! - A store belongs to one system identifier, segment size and major version per cluster.
+//! - One writer per cluster, by `flock` on `lock` (advisory; not reliable on NFS).
+
+pub mod durable;
+mod error;
+mod layout;
+mod reader;
+mod segment;
+mod writer;
+
+use std::path::Path;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+pub use error::{Result, StoreError};
+pub use layout::{ClusterInfo, ClusterName, FORMAT, Gap, ServerIdentity, major_version};
+pub use reader::{ClusterReader, StoredSegment, WalArchive};
+pub use segment::{Compression, SegmentWriter};
+pub use writer::ClusterWriter;
+
+/// Bytes available to unprivileged users on the filesystem holding `path` (`statvfs`).
+pub fn free_space(path: &Path) -> Result<u64> {
+    let st = rustix::fs::statvfs(path)
+        .map_err(|e| StoreError::io("get free space of", path, e.into()))?;
+    Ok(st.f_bavail.saturating_mul(st.f_frsize))
+}
+
+/// The current UTC time as `2026-11-22T19:30:00Z`.
+pub fn utc_now() -> String {
+    format_utc(SystemTime::now())
+}
+
+fn format_utc(t: SystemTime) -> String {
+    let secs = t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Days since 1970-01-01 to a civil date (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z / 146_097;
+    let doe = z % 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + u64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60
+    )
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,345 @@
+//! Writing one WAL segment: `<name>.partial`, preallocated, written sequentially, fsynced on
+//! request, and on completion renamed to its final name (and optionally compressed).
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, BufReader, BufWriter, Read};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use super::durable;
+use super::error::{Result, StoreError};
+use super::layout::conflict_path;
+use crate::wal::{Lsn, SegNo, TimelineId, WalFileName, WalSegSize};
+
+/// How a completed segment is stored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Compression {
+    /// As PostgreSQL wrote it.
+    #[default]
+    None,
+    /// `<name>.zst`, a single zstd frame with the content size and a checksum, at this level.
+    Zstd(i32),
+}
+
+/// Buffer size for streaming copies and comparisons (bounded memory).
+const CHUNK: usize = 128 * 1024;
+
+/// A `.partial` segment open for writing. Owned (no borrow of the cluster writer), so it can
+/// be moved to a blocking thread; it keeps the cluster's lock alive while it exists.
+#[derive(Debug)]
+pub struct SegmentWriter {
+    file: File,
+    /// `<dir>/<name>.partial`.
+    partial: PathBuf,
+    tli: TimelineId,
+    segno: SegNo,
+    size: WalSegSize,
+    position: u32,
+    synced: u32,
+    _lock: Arc<File>,
+}
+
+impl SegmentWriter {
+    /// Opens or creates `<dir>/<name>.partial`; `dir` must exist and be durable.
+    pub(crate) fn open(
+        dir: &Path,
+        tli: TimelineId,
+        segno: SegNo,
+        size: WalSegSize,
+        lock: Arc<File>,
+    ) -> Result<SegmentWriter> {
+        let name = WalFileName {
+            partial: true,
+            ..WalFileName::segment(tli, segno)
+        };
+        let partial = dir.join(name.format(size));
+        let existing = match fs::metadata(&partial) {
+            Ok(m) => Some(m.len()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+            Err(e) => return Err(StoreError::io("look at", &partial, e)),
+        };
+        let file = match existing {
+            Some(len) if len == size.bytes() => {
+                // Left by an earlier run, maybe by a crash: make what it holds durable before
+                // writing over it, as pg_receivewal does.
+                let file = open_rw(&partial)?;
+                durable::sync_file(&file, &partial)?;
+                file
+            }
+            Some(len) if len != 0 => {
+                return Err(StoreError::PartialWrongSize {
+                    path: partial,
+                    size: len,
+                    expected: size.bytes(),
+                });
+            }
+            // Absent, or empty (a crash before preallocation in an older layout): create it.
+            _ => create_preallocated(&partial, size.bytes())?,
+        };
+        Ok(SegmentWriter {
+            file,
+            partial,
+            tli,
+            segno,
+            size,
+            position: 0,
+            synced: 0,
+            _lock: lock,
+        })
+    }
+
+    pub fn tli(&self) -> TimelineId {
+        self.tli
+    }
+
+    pub fn segno(&self) -> SegNo {
+        self.segno
+    }
+
+    /// The offset in the segment the next write must start at.
+    pub fn position(&self) -> u32 {
+        self.position
+    }
+
+    /// The offset up to which the data is durable (after [`sync`](Self::sync)).
+    pub fn synced_up_to(&self) -> u32 {
+        self.synced
+    }
+
+    /// The LSN of [`synced_up_to`](Self::synced_up_to): what may be reported as flushed.
+    pub fn synced_lsn(&self) -> Lsn {
+        Lsn(self.segno.start_lsn(self.size).0 + u64::from(self.synced))
+    }
+
+    /// The `.partial` file being written.
+    pub fn path(&self) -> &Path {
+        &self.partial
+    }
+
+    /// Writes `data` at `offset`, which must be the current position; `data` must end within
+    /// the segment (the caller splits writes at segment boundaries).
+    pub fn write(&mut self, offset: u32, data: &[u8]) -> Result<()> {
+        if offset != self.position {
+            return Err(StoreError::OutOfOrder {
+                path: self.partial.clone(),
+                expected: self.position,
+                got: offset,
+            });
+        }
+        let end = u64::from(offset) + data.len() as u64;
+        if end > self.size.bytes() {
+            return Err(StoreError::PastSegmentEnd {
+                path: self.partial.clone(),
+                offset,
+                len: data.len(),
+                size: self.size.bytes(),
+            });
+        }
+        self.file
+            .write_all_at(data, u64::from(offset))
+            .map_err(|e| StoreError::io("write WAL to", &self.partial, e))?;
+        // end <= segment size <= 1 GiB, so it fits.
+        self.position = end as u32;
+        Ok(())
+    }
+
+    /// Makes everything written so far durable (`fdatasync`).
+    pub fn sync(&mut self) -> Result<()> {
+        durable::sync_data(&self.file, &self.partial)?;
+        self.synced = self.position;
+        Ok(())
+    }
+
+    /// Fsyncs and keeps the `.partial` (end of timeline, shutdown, error).
+    pub fn close_partial(mut self) -> Result<()> {
+        self.sync()
+    }
+
+    /// Completes the segment: requires the whole segment written; fsyncs, renames `.partial`
+    /// to the final name, and with [`Compression::Zstd`] then replaces it by `<name>.zst`.
+    /// Returns the final path.
+    ///
+    /// If the final name already exists with the same bytes, the `.partial` is removed. With
+    /// different bytes, the existing file is left alone, ours is kept as
+    /// `<name>.conflict.<n>`, and [`StoreError::Conflict`] is returned.
+    ///
+    /// A compression failure is logged and leaves the complete, durable plain segment: the
+    /// WAL is safe either way.
+    pub fn finish(mut self, compression: Compression) -> Result<PathBuf> {
+        if u64::from(self.position) != self.size.bytes() {
+            self.sync()?;
+            return Err(StoreError::Incomplete {
+                path: self.partial,
+                position: self.position,
+                size: self.size.bytes(),
+            });
+        }
+        durable::sync_file(&self.file, &self.partial)?;
+        let dir = self
+            .partial
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_default();
+        let plain_name = WalFileName::segment(self.tli, self.segno);
+        let plain = dir.join(plain_name.format(self.size));
+        let zst = dir.join(
+            WalFileName {
+                compressed: true,
+                ..plain_name
+            }
+            .format(self.size),
+        );
+        // The lock guarantees no other writer: check, then rename.
+        for (existing, compressed) in [(&plain, false), (&zst, true)] {
+            if existing.exists() {
+                return if same_as_stored(&self.partial, existing, compressed)? {
+                    tracing::info!(path = %existing.display(), "segment already stored with the same bytes");
+                    durable::remove_file_durable(&self.partial)?;
+                    Ok(existing.clone())
+                } else {
+                    let kept = conflict_path(existing);
+                    durable::rename_synced(&self.partial, &kept)?;
+                    Err(StoreError::Conflict {
+                        existing: existing.clone(),
+                        kept,
+                    })
+                };
+            }
+        }
+        durable::rename_synced(&self.partial, &plain)?;
+        drop(self.file);
+        match compression {
+            Compression::None => Ok(plain),
+            Compression::Zstd(level) => match compress(&plain, &zst, level, self.size.bytes()) {
+                Ok(()) => {
+                    durable::remove_file_durable(&plain)?;
+                    Ok(zst)
+                }
+                Err(e) => {
+                    tracing::warn!(path = %plain.display(), "segment kept uncompressed: {e}");
+                    let _ = fs::remove_file(durable::temp_path(&zst));
+                    Ok(plain)
+                }
+            },
+        }
+    }
+}
+
+fn open_rw(path: &Path) -> Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .map_err(|e| StoreError::io("open", path, e))
+}
+
+/// Creates `path` at its full size through `<path>.tmp`, so a `.partial` never exists with
+/// any other size. `fallocate` reserves the blocks without writing them (ext4, xfs, btrfs and
+/// tmpfs mark them unwritten: no zeros go to disk, unlike pg_receivewal's padding); where it
+/// is not supported, `set_len` makes a sparse file. Either way the WAL is the only data
+/// written, and the size never changes afterwards, so `fdatasync` has no size to commit.
+fn create_preallocated(path: &Path, len: u64) -> Result<File> {
+    let tmp = durable::temp_path(path);
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&tmp)
+        .map_err(|e| StoreError::io("create", &tmp, e))?;
+    match rustix::fs::fallocate(&file, rustix::fs::FallocateFlags::empty(), 0, len) {
+        Ok(()) => {}
+        Err(e)
+            if e == rustix::io::Errno::OPNOTSUPP
+                || e == rustix::io::Errno::NOSYS
+                || e == rustix::io::Errno::INVAL =>
+        {
+            file.set_len(len)
+                .map_err(|e| StoreError::io("set the size of", &tmp, e))?;
+        }
+        Err(e) => return Err(StoreError::io("preallocate", &tmp, e.into())),
+    }
+    durable::sync_file(&file, &tmp)?;
+    durable::rename_synced(&tmp, path)?;
+    Ok(file)
+}
+
+/// Compresses `src` into `dst` through `<dst>.tmp`, streaming, then fsyncs and renames.
+fn compress(src: &Path, dst: &Path, level: i32, content_size: u64) -> Result<()> {
+    let tmp = durable::temp_path(dst);
+    let input = File::open(src).map_err(|e| StoreError::io("open", src, e))?;
+    let output = File::create(&tmp).map_err(|e| StoreError::io("create", &tmp, e))?;
+    let err = |e| StoreError::io("compress into", &tmp, e);
+    let mut encoder =
+        zstd::stream::write::Encoder::new(BufWriter::with_capacity(CHUNK, output), level)
+            .map_err(err)?;
+    encoder.include_checksum(true).map_err(err)?;
+    encoder
+        .set_pledged_src_size(Some(content_size))
+        .map_err(err)?;
+    io::copy(&mut BufReader::with_capacity(CHUNK, input), &mut encoder).map_err(err)?;
+    let output = encoder
+        .finish()
+        .map_err(err)?
+        .into_inner()
+        .map_err(|e| err(e.into_error()))?;
+    durable::sync_file(&output, &tmp)?;
+    drop(output);
+    durable::rename_synced(&tmp, dst)
+}
+
+/// Whether the stored file (decompressed if `compressed`) holds exactly the bytes of `ours`.
+fn same_as_stored(ours: &Path, stored: &Path, compressed: bool) -> Result<bool> {
+    let a = File::open(ours).map_err(|e| StoreError::io("open", ours, e))?;
+    let b = File::open(stored).map_err(|e| StoreError::io("open", stored, e))?;
+    let mut a = BufReader::with_capacity(CHUNK, a);
+    let same = if compressed {
+        let mut b = zstd::stream::read::Decoder::new(b)
+            .map_err(|e| StoreError::io("start decompressing", stored, e))?;
+        same_bytes(&mut a, &mut b)
+    } else {
+        same_bytes(&mut a, &mut BufReader::with_capacity(CHUNK, b))
+    };
+    // A damaged compressed copy is "different": it must not be taken as ours.
+    match same {
+        Ok(same) => Ok(same),
+        Err(e)
+            if compressed
+                && matches!(e.kind(), io::ErrorKind::Other | io::ErrorKind::InvalidData) =>
+        {
+            Ok(false)
+        }
+        Err(e) => Err(StoreError::io("compare with", stored, e)),
+    }
+}
+
+/// Compares two streams chunk by chunk.
+pub(crate) fn same_bytes(a: &mut impl Read, b: &mut impl Read) -> io::Result<bool> {
+    let mut buf_a = vec![0u8; CHUNK];
+    let mut buf_b = vec![0u8; CHUNK];
+    loop {
+        let n = read_full(a, &mut buf_a)?;
+        let m = read_full(b, &mut buf_b)?;
+        if buf_a.get(..n) != buf_b.get(..m) {
+            return Ok(false);
+        }
+        if n == 0 {
+            return Ok(true);
+        }
+    }
+}
+
+/// Reads until `buf` is full or the stream ends; returns the bytes read.
+fn read_full(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match r.read(&mut buf[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(filled)
+}
