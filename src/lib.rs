@@ -5,7 +5,8 @@
 //! - [`wal`] knows the WAL format (positions, segments, pages, records) and does no I/O.
 //! - [`store`] owns the on-disk store: layout, durable writes, the per-cluster lock, lookup.
 //! - [`identify`] composes them into `walden identify`.
-//! - [`exit`] and [`logging`] are shared by the two binaries.
+//! - [`receive`] composes them into `walden receive`: the WAL receiver.
+//! - [`exit`], [`logging`] and [`signals`] are shared by the two binaries.
 //!
 //! The binaries in `src/bin/` only parse arguments and call into this library.
 
@@ -13,5 +14,7 @@ pub mod exit;
 pub mod identify;
 pub mod logging;
 pub mod pg;
+pub mod receive;
+pub mod signals;
 pub mod store;
 pub mod wal;

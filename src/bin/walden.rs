@@ -1,10 +1,16 @@
 //! `walden`: the archive-side command. Parses arguments and calls the library.
 
+use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use walden::exit;
 use walden::logging::{self, LogFormat};
+use walden::pg::SlotName;
+use walden::receive::{ReceiveOptions, StopAt};
+use walden::store::{ClusterName, Compression};
+use walden::wal::Lsn;
 
 #[derive(Parser)]
 #[command(
@@ -34,6 +40,43 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Stream WAL from a server into the store until stopped (SIGINT/SIGTERM).
+    Receive(ReceiveArgs),
+}
+
+#[derive(clap::Args)]
+struct ReceiveArgs {
+    /// libpq connection string or URI of the server to stream from.
+    #[arg(long, value_name = "CONNINFO")]
+    source: String,
+    /// The store directory (created if missing).
+    #[arg(long, value_name = "DIR")]
+    store: PathBuf,
+    /// Name of this cluster in the store.
+    #[arg(long, value_name = "NAME", default_value = "main")]
+    cluster: ClusterName,
+    /// Physical replication slot to stream from, so the server keeps WAL while walden is down.
+    #[arg(long, value_name = "NAME")]
+    slot: Option<SlotName>,
+    /// Create the slot (reserving WAL at once) if it does not exist.
+    #[arg(long, requires = "slot")]
+    create_slot: bool,
+    /// fsync every received batch and report it at once, so the server can wait for walden
+    /// at commit (name walden in synchronous_standby_names).
+    #[arg(long)]
+    synchronous: bool,
+    /// How often to send status updates to the server.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = humantime::parse_duration)]
+    status_interval: Duration,
+    /// Compress completed segments: none, zstd or zstd:LEVEL.
+    #[arg(long, value_name = "METHOD", default_value = "none")]
+    compress: Compression,
+    /// Stop once all WAL before this position is stored.
+    #[arg(long, value_name = "LSN", conflicts_with = "once")]
+    until: Option<Lsn>,
+    /// Stop once all WAL the server had when walden started is stored.
+    #[arg(long)]
+    once: bool,
 }
 
 fn main() -> ExitCode {
@@ -52,6 +95,7 @@ fn main() -> ExitCode {
     let code = runtime.block_on(async {
         match cli.command {
             Command::Identify { source, json } => identify(&source, json).await,
+            Command::Receive(args) => receive(args).await,
         }
     });
     ExitCode::from(code)
@@ -70,6 +114,39 @@ async fn identify(source: &str, json: bool) -> u8 {
         Err(e) => {
             eprintln!("walden: error: {e}");
             exit::for_pg_error(&e)
+        }
+    }
+}
+
+async fn receive(args: ReceiveArgs) -> u8 {
+    let options = ReceiveOptions {
+        source: args.source,
+        store: args.store,
+        cluster: args.cluster,
+        slot: args.slot,
+        create_slot: args.create_slot,
+        synchronous: args.synchronous,
+        status_interval: args.status_interval,
+        compression: args.compress,
+        stop: match (args.once, args.until) {
+            (true, _) => StopAt::CurrentEnd,
+            (false, Some(lsn)) => StopAt::Lsn(lsn),
+            (false, None) => StopAt::Never,
+        },
+        max_backoff: Duration::from_secs(30),
+    };
+    let shutdown = match walden::signals::shutdown_on_signal() {
+        Ok(rx) => rx,
+        Err(e) => {
+            eprintln!("walden: error: cannot install signal handlers: {e}");
+            return exit::FAILURE;
+        }
+    };
+    match walden::receive::run(&options, shutdown).await {
+        Ok(()) => exit::OK,
+        Err(e) => {
+            eprintln!("walden: error: {e}");
+            e.exit_code()
         }
     }
 }

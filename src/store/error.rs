@@ -116,5 +116,21 @@ impl StoreError {
     }
 }
 
+impl StoreError {
+    /// True when the store refuses the request as given (another cluster's store, a locked
+    /// cluster, a bad name): retrying the same command cannot help; the user must change it.
+    pub fn is_config(&self) -> bool {
+        matches!(
+            self,
+            StoreError::InvalidClusterName(_)
+                | StoreError::Locked { .. }
+                | StoreError::SystemMismatch { .. }
+                | StoreError::SegSizeMismatch { .. }
+                | StoreError::MajorVersionMismatch { .. }
+                | StoreError::NoCluster { .. }
+        )
+    }
+}
+
 /// Results of store operations.
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
