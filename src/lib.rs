@@ -5,6 +5,7 @@
 //! - [`wal`] knows the WAL format (positions, segments, pages, records) and does no I/O.
 //! - [`store`] owns the on-disk store: layout, durable writes, the per-cluster lock, lookup.
 //! - [`identify`] composes them into `walden identify`.
+//! - [`inspect`] reports what a store holds and whether it is intact (`list`, `verify`).
 //! - [`receive`] composes them into `walden receive`: the WAL receiver.
 //! - [`exit`], [`logging`] and [`signals`] are shared by the two binaries.
 //!
@@ -12,6 +13,7 @@
 
 pub mod exit;
 pub mod identify;
+pub mod inspect;
 pub mod logging;
 pub mod pg;
 pub mod receive;

@@ -42,6 +42,23 @@ enum Command {
     },
     /// Stream WAL from a server into the store until stopped (SIGINT/SIGTERM).
     Receive(ReceiveArgs),
+    /// Show what the store holds for a cluster.
+    List(StoreArgs),
+    /// Re-check everything the store holds for a cluster; exit 1 if anything is wrong.
+    Verify(StoreArgs),
+}
+
+#[derive(clap::Args)]
+struct StoreArgs {
+    /// The store directory.
+    #[arg(long, value_name = "DIR")]
+    store: PathBuf,
+    /// Name of the cluster in the store.
+    #[arg(long, value_name = "NAME", default_value = "main")]
+    cluster: ClusterName,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(clap::Args)]
@@ -96,6 +113,8 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Identify { source, json } => identify(&source, json).await,
             Command::Receive(args) => receive(args).await,
+            Command::List(args) => list(&args),
+            Command::Verify(args) => verify(&args),
         }
     });
     ExitCode::from(code)
@@ -148,5 +167,50 @@ async fn receive(args: ReceiveArgs) -> u8 {
             eprintln!("walden: error: {e}");
             e.exit_code()
         }
+    }
+}
+
+fn list(args: &StoreArgs) -> u8 {
+    match walden::inspect::list(&args.store, &args.cluster) {
+        Ok(listing) => {
+            if args.json {
+                println!("{}", json(&listing));
+            } else {
+                print!("{}", listing.to_text());
+            }
+            exit::OK
+        }
+        Err(e) => store_error(&e),
+    }
+}
+
+fn verify(args: &StoreArgs) -> u8 {
+    match walden::inspect::verify(&args.store, &args.cluster) {
+        Ok(report) => {
+            if args.json {
+                println!("{}", json(&report));
+            } else {
+                print!("{}", report.to_text());
+            }
+            if report.is_ok() {
+                exit::OK
+            } else {
+                exit::FAILURE
+            }
+        }
+        Err(e) => store_error(&e),
+    }
+}
+
+fn json(value: &impl serde::Serialize) -> String {
+    serde_json::to_string_pretty(value).unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"))
+}
+
+fn store_error(e: &walden::store::StoreError) -> u8 {
+    eprintln!("walden: error: {e}");
+    if e.is_config() {
+        exit::USAGE
+    } else {
+        exit::FAILURE
     }
 }

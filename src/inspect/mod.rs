@@ -1,0 +1,124 @@
+//! What a store holds (`walden list`) and whether it is intact (`walden verify`).
+
+pub mod wal;
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use serde::Serialize;
+
+use crate::store::{ClusterName, ClusterReader, StoreError, WalArchive};
+
+/// `walden list`: one cluster's contents.
+#[derive(Clone, Debug, Serialize)]
+pub struct Listing {
+    pub cluster: String,
+    pub system_identifier: String,
+    pub server_version_num: u32,
+    pub wal_segment_size: u64,
+    pub wal: wal::WalInventory,
+}
+
+/// Lists a cluster of a store.
+pub fn list(store: &Path, cluster: &ClusterName) -> Result<Listing, StoreError> {
+    let reader = ClusterReader::open(store, cluster)?;
+    let info = reader.info();
+    Ok(Listing {
+        cluster: cluster.to_string(),
+        system_identifier: info.system_identifier.to_string(),
+        server_version_num: info.server_version_num,
+        wal_segment_size: info.wal_segment_size.bytes(),
+        wal: wal::wal_inventory(&reader)?,
+    })
+}
+
+impl Listing {
+    /// The human-readable form.
+    pub fn to_text(&self) -> String {
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "cluster {} (system {}, PostgreSQL {}, {} MB segments)",
+            self.cluster,
+            self.system_identifier,
+            crate::store::major_version(self.server_version_num),
+            self.wal_segment_size >> 20
+        );
+        if self.wal.timelines.is_empty() {
+            let _ = writeln!(out, "WAL: none");
+        }
+        for t in &self.wal.timelines {
+            let _ = writeln!(
+                out,
+                "WAL timeline {}: {} .. {} ({} segments{}){}",
+                t.timeline,
+                t.first_segment,
+                t.last_segment,
+                t.segments,
+                if t.partial.is_empty() {
+                    String::new()
+                } else {
+                    format!(", partial: {}", t.partial.join(", "))
+                },
+                match t.ends_at {
+                    Some(end) => format!(", ends at {end}"),
+                    None => String::new(),
+                }
+            );
+            for name in &t.missing {
+                let _ = writeln!(out, "  missing: {name}");
+            }
+        }
+        for gap in &self.wal.gaps {
+            let _ = writeln!(
+                out,
+                "gap on timeline {}: {} .. {} ({}; detected {})",
+                gap.timeline, gap.from, gap.to, gap.reason, gap.detected
+            );
+        }
+        out
+    }
+}
+
+/// `walden verify`: what is wrong with a cluster of a store (nothing, ideally).
+#[derive(Clone, Debug, Serialize)]
+pub struct Verification {
+    pub cluster: String,
+    pub wal: wal::WalCheck,
+}
+
+impl Verification {
+    pub fn is_ok(&self) -> bool {
+        self.wal.problems.is_empty()
+    }
+
+    pub fn to_text(&self) -> String {
+        let mut out = String::new();
+        for p in &self.wal.problems {
+            let _ = writeln!(out, "{}: {}", p.file, p.problem);
+        }
+        let _ = writeln!(
+            out,
+            "cluster {}: {} WAL segments checked ({} MB), {} problem{}",
+            self.cluster,
+            self.wal.segments_checked,
+            self.wal.bytes_checked >> 20,
+            self.wal.problems.len(),
+            if self.wal.problems.len() == 1 {
+                ""
+            } else {
+                "s"
+            }
+        );
+        out
+    }
+}
+
+/// Re-checks everything stored for a cluster.
+pub fn verify(store: &Path, cluster: &ClusterName) -> Result<Verification, StoreError> {
+    let reader = ClusterReader::open(store, cluster)?;
+    Ok(Verification {
+        cluster: cluster.to_string(),
+        wal: wal::verify_wal(&reader)?,
+    })
+}
