@@ -110,10 +110,10 @@ fn read_histories(
 ) -> Result<BTreeMap<TimelineId, TimelineHistory>, StoreError> {
     let mut histories = BTreeMap::new();
     for &tli in timelines {
-        if let Some(bytes) = archive.read_history(tli)? {
-            if let Ok(h) = TimelineHistory::parse(tli, &String::from_utf8_lossy(&bytes)) {
-                histories.insert(tli, h);
-            }
+        if let Some(bytes) = archive.read_history(tli)?
+            && let Ok(h) = TimelineHistory::parse(tli, &String::from_utf8_lossy(&bytes))
+        {
+            histories.insert(tli, h);
         }
     }
     Ok(histories)
