@@ -114,7 +114,7 @@ cleanup() {
     if [ "$SERVER_UP" = 1 ]; then
         runuser -u postgres -- "$PGBIN/pg_ctl" -D "$WORK/data" -m immediate -w stop >/dev/null 2>&1
     fi
-    if [ "$rc" != 0 ] && [ -n "$WORK" ] && [ -f "$WORK/server.log" ]; then
+    if [ "$rc" != 0 ] && [ "$rc" != 130 ] && [ -n "$WORK" ] && [ -f "$WORK/server.log" ]; then
         echo "--- last lines of the server log ---" >&2
         tail -n 15 "$WORK/server.log" >&2
     fi
@@ -139,7 +139,7 @@ CONNINFO="host=127.0.0.1 port=$PORT user=postgres"
 q() { "$PGBIN/psql" -X -A -t -q -v ON_ERROR_STOP=1 -c "$1"; }
 
 # --- server ------------------------------------------------------------------------------------
-log "PostgreSQL $("$PGBIN/postgres" --version | sed 's/.* //') in $WORK, receivers write under $RECV_WORK"
+log "$("$PGBIN/postgres" --version) in $WORK, receivers write under $RECV_WORK"
 runuser -u postgres -- "$PGBIN/initdb" -D "$WORK/data" -U postgres --auth=trust --no-sync \
     >"$WORK/initdb.log" 2>&1 || { cat "$WORK/initdb.log" >&2; die "initdb failed"; }
 cat >>"$WORK/data/postgresql.conf" <<EOF
@@ -219,7 +219,9 @@ run_one() {
         ;;
     esac
     echo "${cmd[*]}" >"$WORK/logs/$tag.cmd"
-    "${cmd[@]}" >"$RECV_LOG" 2>&1 &
+    # In its own session, so a Ctrl-C meant for this script does not stop the receiver before
+    # cleanup does (setsid execs in place: $! is the receiver's own PID).
+    setsid "${cmd[@]}" >"$RECV_LOG" 2>&1 </dev/null &
     RECV_PID=$!
 
     wait_for 60 "SELECT EXISTS (SELECT FROM pg_stat_replication WHERE application_name = '$app' AND state = 'streaming')" \
@@ -342,7 +344,7 @@ done
 BENCH_SERVER_VERSION="$("$PGBIN/postgres" --version)"
 BENCH_PG_RECEIVEWAL="$("$PGBIN/pg_receivewal" --version)"
 BENCH_WALDEN="${WALDEN:-}"
-BENCH_WALDEN_VERSION="$([ -n "${WALDEN:-}" ] && "$WALDEN" --version || true)"
+BENCH_WALDEN_VERSION="$([ -n "${WALDEN:-}" ] && "$WALDEN" --version 2>/dev/null || true)"
 BENCH_KERNEL="$(uname -r)"
 BENCH_CPUS="$(nproc)"
 export BENCH_SERVER_VERSION BENCH_PG_RECEIVEWAL BENCH_WALDEN BENCH_WALDEN_VERSION BENCH_KERNEL \
