@@ -19,9 +19,11 @@ QUICK="${QUICK:-0}"
 if [ "$QUICK" = 1 ]; then
     ROUNDS="${ROUNDS:-1}"
     DURATION="${DURATION:-10}"
+    WARMUP="${WARMUP:-5}"
 else
     ROUNDS="${ROUNDS:-3}"
     DURATION="${DURATION:-30}"
+    WARMUP="${WARMUP:-10}"
 fi
 PGBIN="${PGBIN:-/usr/lib/postgresql/15/bin}"
 SCALE="${SCALE:-50}"
@@ -35,6 +37,7 @@ WALDEN_ARGS="${WALDEN_ARGS:-}"                  # extra arguments for `walden re
 PG_ROOT="${PG_ROOT:-/dev/shm}"                  # where the server's data directory goes
 RECV_ROOT="${RECV_ROOT:-/var/tmp}"              # where the receivers write: a real disk
 CATCHUP_TIMEOUT="${CATCHUP_TIMEOUT:-180}"
+SYNC_SWITCH="${SYNC_SWITCH:-0}"                 # 1: end synchronous windows with pg_switch_wal() too
 OUT="${OUT:-results.json}"
 
 log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
@@ -64,6 +67,7 @@ for r in $RECEIVERS; do
 done
 [[ "$ROUNDS" =~ ^[1-9][0-9]*$ ]] || die "ROUNDS must be a positive integer"
 [[ "$DURATION" =~ ^[1-9][0-9]*$ ]] || die "DURATION must be a positive integer (seconds)"
+[[ "$WARMUP" =~ ^[0-9]+$ ]] || die "WARMUP must be a number of seconds"
 mkdir -p "$RECV_ROOT"
 if [ "$(stat -f -c %T "$RECV_ROOT")" = tmpfs ] && [ "${ALLOW_TMPFS:-0}" != 1 ]; then
     die "RECV_ROOT=$RECV_ROOT is tmpfs: disk writes are measured, use a real disk (or ALLOW_TMPFS=1)"
@@ -160,6 +164,14 @@ SERVER_UP=1
 log "pgbench -i -s $SCALE"
 "$PGBIN/pgbench" -i -q -s "$SCALE" >"$WORK/pgbench-init.log" 2>&1 ||
     { cat "$WORK/pgbench-init.log" >&2; die "pgbench -i failed"; }
+# An unmeasured warm-up, so the first measured run does not pay for a fresh cluster (autovacuum,
+# hint bits, cold caches) alone.
+if [ "$WARMUP" -gt 0 ]; then
+    log "warm-up: pgbench -c $ASYNC_CLIENTS -T $WARMUP, no receiver"
+    "$PGBIN/pgbench" -c "$ASYNC_CLIENTS" -j 2 -T "$WARMUP" >"$WORK/pgbench-warmup.log" 2>&1 ||
+        { cat "$WORK/pgbench-warmup.log" >&2; die "warm-up pgbench failed"; }
+fi
+q "VACUUM ANALYZE" >/dev/null
 q "CHECKPOINT" >/dev/null
 
 # --- one measured run --------------------------------------------------------------------------
@@ -246,8 +258,15 @@ run_one() {
     kill -TERM "$SAMPLER_PID"
     wait "$SAMPLER_PID" || true
     SAMPLER_PID=""
-    # The switch completes the segment being written; the rest of it (zeros) is streamed too.
-    switch_lsn="$(q "SELECT pg_switch_wal()")"
+    # Async: the switch completes the segment being written (the rest of it, zeros, is streamed
+    # too), so the fsync and rename at segment close fall inside the window. Synchronous: the
+    # receiver has flushed each commit already; a switch would add up to 16 MiB of bulk zeros to
+    # a window of ~50-150 MiB, so by default the window ends at the load's last LSN instead.
+    if [ "$mode" = async ] || [ "$SYNC_SWITCH" = 1 ]; then
+        switch_lsn="$(q "SELECT pg_switch_wal()")"
+    else
+        switch_lsn=""
+    fi
     lsn1="$(q "SELECT pg_current_wal_flush_lsn()")"
     t0="$(date +%s%N)"
     if ! wait_for "$CATCHUP_TIMEOUT" "SELECT coalesce(bool_and(write_lsn >= '$lsn1' AND flush_lsn >= '$lsn1'), false) FROM pg_stat_replication WHERE application_name = '$app'" \
@@ -260,10 +279,11 @@ run_one() {
     catchup_ms=$((($(date +%s%N) - t0) / 1000000))
     snap1="$(python3 "$helper" snap "$RECV_PID")"
 
-    # Sanity: the segment the switch completed must be byte-identical to the server's copy.
-    seg="$(q "SELECT pg_walfile_name('$lsn1'::pg_lsn - 1)")"
+    # Sanity: the newest complete segment received must be byte-identical to the server's copy
+    # (uncompressed stores only; the slot keeps the server's copy until the next checkpoint).
     local mine
-    mine="$(find "$dir" -type f -name "$seg" | head -n 1)"
+    mine="$(find "$dir" -type f -regextype posix-extended -regex '.*/[0-9A-F]{24}' | sort | tail -n 1)"
+    seg="$(basename "${mine:-none}")"
     if [ -z "$mine" ] || [ ! -f "$WORK/data/pg_wal/$seg" ]; then
         seg_check=unknown
     elif cmp -s "$mine" "$WORK/data/pg_wal/$seg"; then
@@ -348,6 +368,6 @@ BENCH_WALDEN_VERSION="$([ -n "${WALDEN:-}" ] && "$WALDEN" --version 2>/dev/null 
 BENCH_KERNEL="$(uname -r)"
 BENCH_CPUS="$(nproc)"
 export BENCH_SERVER_VERSION BENCH_PG_RECEIVEWAL BENCH_WALDEN BENCH_WALDEN_VERSION BENCH_KERNEL \
-    BENCH_CPUS ROUNDS DURATION SCALE ASYNC_CLIENTS SYNC_CLIENTS STATUS_INTERVAL \
-    WALDEN_STATUS_INTERVAL WALDEN_ARGS PG_ROOT RECV_ROOT
+    BENCH_CPUS ROUNDS DURATION WARMUP SCALE ASYNC_CLIENTS SYNC_CLIENTS STATUS_INTERVAL \
+    WALDEN_STATUS_INTERVAL WALDEN_ARGS PG_ROOT RECV_ROOT SYNC_SWITCH
 python3 "$helper" report "$RAW" "$OUT"

@@ -179,7 +179,9 @@ def cmd_record(args):
         "threads": snap1["threads"],
         "window_s": snap1["time"] - snap0["time"],
         # Zeros after the switch record that complete the last segment (streamed like any WAL).
-        "switch_padding_bytes": max(0, lsn_to_int(opts["lsn1"]) - lsn_to_int(opts["switch_lsn"])),
+        "switch_padding_bytes": max(0, lsn_to_int(opts["lsn1"]) - lsn_to_int(opts["switch_lsn"]))
+        if opts["switch_lsn"]
+        else 0,
         "catchup_s": int(opts["catchup_ms"]) / 1000,
         "tps": tps,
         "latency_ms": latency,
@@ -230,6 +232,7 @@ CONFIG_VARS = [
     "BENCH_CPUS",
     "ROUNDS",
     "DURATION",
+    "WARMUP",
     "SCALE",
     "ASYNC_CLIENTS",
     "SYNC_CLIENTS",
@@ -238,6 +241,7 @@ CONFIG_VARS = [
     "WALDEN_ARGS",
     "PG_ROOT",
     "RECV_ROOT",
+    "SYNC_SWITCH",
 ]
 
 
