@@ -41,6 +41,11 @@ SYNC_SWITCH="${SYNC_SWITCH:-0}"                 # 1: end synchronous windows wit
 OUT="${OUT:-results.json}"
 
 log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+WARNED=0
+warn() {
+    WARNED=1
+    log "WARNING: $*"
+}
 die() {
     printf 'receive_vs_pg_receivewal: error: %s\n' "$*" >&2
     exit 1
@@ -121,6 +126,15 @@ cleanup() {
     if [ "$rc" != 0 ] && [ "$rc" != 130 ] && [ -n "$WORK" ] && [ -f "$WORK/server.log" ]; then
         echo "--- last lines of the server log ---" >&2
         tail -n 15 "$WORK/server.log" >&2
+    fi
+    # Keep the receivers' and the server's logs when something went wrong (or KEEP_LOGS=1).
+    if [ -n "$WORK" ] && [ -d "$WORK/logs" ] &&
+        { [ "$WARNED" = 1 ] || [ "${KEEP_LOGS:-0}" = 1 ] || { [ "$rc" != 0 ] && [ "$rc" != 130 ]; }; }; then
+        local keep
+        keep="$(dirname "$OUT")/walden-bench-logs.$(date +%Y%m%dT%H%M%S)"
+        mkdir -p "$keep" && cp -r "$WORK/logs/." "$keep/" &&
+            cp "$WORK/server.log" "$WORK"/*.log "$keep/" 2>/dev/null
+        echo "logs kept in $keep" >&2
     fi
     [ -n "$WORK" ] && rm -rf "$WORK"
     [ -n "$RECV_WORK" ] && rm -rf "$RECV_WORK"
@@ -211,6 +225,9 @@ run_one() {
     q "SELECT pg_create_physical_replication_slot('$slot', true)" >/dev/null
     rm -rf "$dir"
     mkdir -p "$dir"
+    # Settle the previous run's deletions (journal commit, and discards on a -o discard mount)
+    # before this run's window, not inside it.
+    sync -f "$RECV_WORK"
     q "CHECKPOINT" >/dev/null # every run starts right after a checkpoint (full-page images)
 
     local sync_flag=()
@@ -274,7 +291,7 @@ run_one() {
         wait_for 1 "SELECT coalesce(bool_and(write_lsn >= '$lsn1'), false) FROM pg_stat_replication WHERE application_name = '$app'" \
             "$receiver to write $lsn1" ||
             die "$receiver did not write up to $lsn1 within $CATCHUP_TIMEOUT s after the load"
-        log "WARNING: $receiver wrote but did not report flushing $lsn1 within $CATCHUP_TIMEOUT s"
+        warn "$receiver wrote but did not report flushing $lsn1 within $CATCHUP_TIMEOUT s"
     fi
     catchup_ms=$((($(date +%s%N) - t0) / 1000000))
     snap1="$(python3 "$helper" snap "$RECV_PID")"
@@ -290,7 +307,7 @@ run_one() {
         seg_check=yes
     else
         seg_check=no
-        log "WARNING: $receiver's $seg differs from the server's"
+        warn "$receiver's $seg differs from the server's"
     fi
 
     if [ "$mode" = sync ]; then
@@ -305,13 +322,13 @@ run_one() {
         waited=$((waited + 1))
     done
     if kill -0 "$RECV_PID" 2>/dev/null; then
-        log "WARNING: $receiver ignored SIGINT for 30 s; killing it"
+        warn "$receiver ignored SIGINT for 30 s; killing it"
         kill -KILL "$RECV_PID"
     fi
     rc=0
     wait "$RECV_PID" || rc=$?
     RECV_PID=""
-    [ "$rc" = 0 ] || log "WARNING: $receiver exited with status $rc after SIGINT (log: $RECV_LOG)"
+    [ "$rc" = 0 ] || warn "$receiver exited with status $rc after SIGINT (log: $RECV_LOG)"
 
     python3 "$helper" record raw="$RAW" mode="$mode" receiver="$receiver" round="$round" \
         clients="$clients" duration="$DURATION" snap0="$snap0" snap1="$snap1" lsn0="$lsn0" \

@@ -65,7 +65,13 @@ def read_proc(pid):
         "vmrss_kib": kib("VmRSS"),
         "threads": int(status.get("Threads", "1")),
         "time": time.monotonic(),
+        "loadavg1": loadavg1(),
     }
+
+
+def loadavg1():
+    with open("/proc/loadavg") as f:
+        return float(f.read().split()[0])
 
 
 def psql_query(sql):
@@ -183,6 +189,8 @@ def cmd_record(args):
         if opts["switch_lsn"]
         else 0,
         "catchup_s": int(opts["catchup_ms"]) / 1000,
+        # The machine's 1-minute load average at the window's start and end (noise diagnosis).
+        "loadavg1": [snap0.get("loadavg1"), snap1.get("loadavg1")],
         "tps": tps,
         "latency_ms": latency,
         "transactions": transactions,
