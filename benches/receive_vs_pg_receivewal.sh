@@ -106,7 +106,8 @@ SAMPLER_PID=""
 cleanup() {
     local rc=$?
     set +e
-    trap - INT TERM
+    trap - INT TERM HUP
+    trap '' PIPE # stdout or stderr may be a closed pipe (| head): finish cleaning up regardless
     if [ -n "$SAMPLER_PID" ]; then
         kill -TERM "$SAMPLER_PID" 2>/dev/null
         wait "$SAMPLER_PID" 2>/dev/null
@@ -142,6 +143,8 @@ cleanup() {
 }
 trap cleanup EXIT
 trap 'log "interrupted"; exit 130' INT TERM
+trap 'exit 129' HUP
+trap 'exit 141' PIPE
 
 WORK="$(mktemp -d "$PG_ROOT/walden-bench.XXXXXX")"
 RECV_WORK="$(mktemp -d "$RECV_ROOT/walden-bench-recv.XXXXXX")"
