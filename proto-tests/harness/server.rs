@@ -112,7 +112,7 @@ impl Pg {
 }
 
 impl Server {
-    fn configure(pg: Pg, dir: PathBuf, extra_conf: Vec<String>) -> Server {
+    pub(super) fn configure(pg: Pg, dir: PathBuf, extra_conf: Vec<String>) -> Server {
         let sock = dir.join("s");
         std::fs::create_dir_all(&sock).expect("create the socket directory");
         std::fs::write(dir.join("server.log"), "").expect("create server.log");
@@ -437,7 +437,7 @@ impl Postmaster {
 }
 
 /// Sends a signal with the shell's `kill` (root may signal the postgres user's processes).
-fn kill(pid: u32, signal: &str) {
+pub(super) fn kill(pid: u32, signal: &str) {
     let _ = Command::new("sh")
         .args(["-c", "kill -s \"$1\" \"$2\" 2>/dev/null", "sh", signal])
         .arg(pid.to_string())
@@ -470,7 +470,7 @@ fn processes_in(dir: &Path) -> bool {
         .any(|e| std::fs::read_link(e.path().join("cwd")).is_ok_and(|cwd| cwd == dir))
 }
 
-fn tail(text: &str, lines: usize) -> String {
+pub(super) fn tail(text: &str, lines: usize) -> String {
     let all: Vec<&str> = text.lines().collect();
     all[all.len().saturating_sub(lines)..].join("\n")
 }
@@ -504,7 +504,7 @@ fn pick_port() -> u16 {
 }
 
 /// `<base>/walden-<pid>-<seq>-<test name>`, created and owned by `postgres`.
-fn new_test_dir() -> PathBuf {
+pub(super) fn new_test_dir() -> PathBuf {
     static SEQ: AtomicU32 = AtomicU32::new(0);
     process_dir(); // clears leftovers of dead test processes first
     let name: String = std::thread::current()
