@@ -413,7 +413,9 @@ proto_test!(refuses_a_locked_cluster_and_another_system, |pg: &Pg| {
     );
     first.interrupt();
 
-    let other = pg.start();
+    // A copy of the same template would have the same system identifier.
+    let other = pg.start_with(ServerOptions::default().system(1));
+    assert_ne!(other.system_identifier(), srv.system_identifier());
     let (code, out) = run_receive(&other.conninfo(U_TRUST), &dir, &["--once"], T);
     let ours = srv.system_identifier().to_string();
     let theirs = other.system_identifier().to_string();

@@ -1,5 +1,6 @@
-//! Throw-away PostgreSQL servers: one `initdb` template per (version, WAL segment size) per test
-//! process, copied for each server; the postmaster runs as a child of the test process (through
+//! Throw-away PostgreSQL servers: one `initdb` template per (version, WAL segment size, system
+//! number) per test process, copied for each server (so servers of one template share a system
+//! identifier); the postmaster runs as a child of the test process (through
 //! `runuser`) so it is always reaped, and it is stopped on drop even when the test panics.
 
 use std::collections::{HashMap, HashSet};
@@ -32,12 +33,23 @@ pub struct ServerOptions {
     pub wal_segsize_mb: Option<u32>,
     /// Extra `postgresql.conf` lines (e.g. `"wal_keep_size = '64MB'"`), applied after ours.
     pub extra_conf: Vec<String>,
+    /// Which `initdb` the server is a copy of: servers with the same version, segment size
+    /// and `system` share one template and so one system identifier; another `system` value
+    /// gets its own `initdb` (a different system identifier). 0 by default.
+    pub system: u32,
 }
 
 impl ServerOptions {
     /// Sets the WAL segment size in MB.
     pub fn wal_segsize_mb(mut self, mb: u32) -> Self {
         self.wal_segsize_mb = Some(mb);
+        self
+    }
+
+    /// Copies a separate `initdb` numbered `n`, for a system identifier that differs from
+    /// the default servers' (see [`ServerOptions::system`]).
+    pub fn system(mut self, n: u32) -> Self {
+        self.system = n;
         self
     }
 
@@ -83,7 +95,7 @@ impl Pg {
 
     /// A configured but not yet started server (edit its data directory, then `start()`).
     pub fn create(&self, opts: ServerOptions) -> Server {
-        let template = template(self, opts.wal_segsize_mb);
+        let template = template(self, opts.wal_segsize_mb, opts.system);
         let dir = new_test_dir();
         run_ok(
             Command::new("cp")
@@ -622,24 +634,29 @@ pub(super) fn chown_postgres(path: &Path) {
 }
 
 /// The data directory of the template for (version, WAL segment size), made on first use.
-fn template(pg: &Pg, wal_segsize_mb: Option<u32>) -> PathBuf {
-    type Templates = HashMap<(u32, Option<u32>), Arc<OnceLock<PathBuf>>>;
+fn template(pg: &Pg, wal_segsize_mb: Option<u32>, system: u32) -> PathBuf {
+    type Templates = HashMap<(u32, Option<u32>, u32), Arc<OnceLock<PathBuf>>>;
     static TEMPLATES: Mutex<Option<Templates>> = Mutex::new(None);
     let cell = {
         let mut map = TEMPLATES.lock().unwrap_or_else(|e| e.into_inner());
         Arc::clone(
             map.get_or_insert_with(HashMap::new)
-                .entry((pg.major, wal_segsize_mb))
+                .entry((pg.major, wal_segsize_mb, system))
                 .or_default(),
         )
     };
-    cell.get_or_init(|| make_template(pg, wal_segsize_mb))
+    cell.get_or_init(|| make_template(pg, wal_segsize_mb, system))
         .clone()
 }
 
-fn make_template(pg: &Pg, wal_segsize_mb: Option<u32>) -> PathBuf {
+fn make_template(pg: &Pg, wal_segsize_mb: Option<u32>, system: u32) -> PathBuf {
     let seg = wal_segsize_mb.map_or("default".to_owned(), |mb| format!("{mb}mb"));
-    let dir = process_dir().join(format!("pg{}-{seg}", pg.major));
+    let variant = if system == 0 {
+        String::new()
+    } else {
+        format!("-s{system}")
+    };
+    let dir = process_dir().join(format!("pg{}-{seg}{variant}", pg.major));
     let data = dir.join("data");
     std::fs::create_dir(&dir).unwrap_or_else(|e| panic!("create {}: {e}", dir.display()));
     chown_postgres(&dir);

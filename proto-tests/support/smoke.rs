@@ -124,3 +124,12 @@ proto_test!(proxy_flips_one_wal_byte, |pg: &Pg| {
     );
     println!("PostgreSQL {}: {:?}", pg.major, t0.elapsed());
 });
+
+proto_test!(system_option_gives_another_system_identifier, |pg: &Pg| {
+    let a = pg.start();
+    let b = pg.start();
+    let c = pg.start_with(ServerOptions::default().system(1));
+    assert_eq!(a.system_identifier(), b.system_identifier());
+    assert_ne!(a.system_identifier(), c.system_identifier());
+    assert_eq!(c.wal_seg_size().bytes(), 16 << 20);
+});
