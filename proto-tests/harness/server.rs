@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use super::{
     PW_MD5, PW_NOHBA, PW_PASSWORD, PW_SCRAM, Pg, TlsFiles, U_CERT, U_MD5, U_NOHBA, U_NOREPL,
-    U_PASSWORD, U_POSTGRES, U_SCRAM, U_TRUST, is_root, postgres_cmd, run_ok,
+    U_PASSWORD, U_POSTGRES, U_SCRAM, U_TRUST, is_root, postgres_cmd, postgres_direct_cmd, run_ok,
 };
 
 /// How long a postmaster may take to become ready or to shut down.
@@ -232,6 +232,40 @@ impl Server {
     /// Like [`Server::psql`], returning psql's stderr as the error.
     pub fn try_psql(&self, sql: &str) -> Result<String, String> {
         self.psql_conn(&self.conninfo_socket(U_POSTGRES), sql)
+    }
+
+    /// Like [`Server::try_psql`], but gives up after `timeout`: psql is killed and the error
+    /// says so. The backend may still be running the statement (e.g. a commit waiting for a
+    /// synchronous standby) until the server notices or is stopped.
+    pub fn psql_timeout(&self, sql: &str, timeout: Duration) -> Result<String, String> {
+        let mut child = postgres_direct_cmd(self.bin("psql"))
+            .args(["-XAtq", "-v", "ON_ERROR_STOP=1", "-f", "-", "-d"])
+            .arg(self.conninfo_socket(U_POSTGRES))
+            .current_dir(&self.dir)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot run psql: {e}"));
+        if let Some(mut stdin) = child.stdin.take() {
+            let _ = stdin.write_all(sql.as_bytes());
+        }
+        let deadline = Instant::now() + timeout;
+        while matches!(child.try_wait(), Ok(None)) {
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(format!("psql did not finish within {timeout:?}: {sql}"));
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let out = child.wait_with_output().expect("wait for psql");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        if out.status.success() {
+            Ok(stdout.strip_suffix('\n').unwrap_or(&stdout).to_owned())
+        } else {
+            Err(format!("{}{stdout}", String::from_utf8_lossy(&out.stderr)))
+        }
     }
 
     /// Runs `sql` with this version's psql (as the `postgres` OS user) on any libpq
