@@ -24,11 +24,11 @@ impl Server {
         ));
     }
 
-    /// Starts this version's `pg_receivewal -D <dir> --slot <slot> -v` (looping: it reconnects
-    /// by itself every 5 s when the connection drops) against `conninfo` as the `postgres`
-    /// user. `dir` is created and given to `postgres`; the log is `<dir>.log`. Create the slot
-    /// first ([`Server::create_physical_slot`]): on an empty directory pg_receivewal starts at
-    /// the slot's `restart_lsn`.
+    /// Starts this version's `pg_receivewal -D <dir> --slot <slot> -v --status-interval=1`
+    /// against `conninfo`, as the `postgres` user. It loops: when the connection drops it
+    /// reconnects by itself every 5 s. `dir` is created and given to `postgres`; the log is
+    /// `<dir>.log`. Create the slot first ([`Server::create_physical_slot`]): on an empty
+    /// directory pg_receivewal starts at the slot's `restart_lsn`.
     pub fn start_receivewal_conn(&self, conninfo: &str, dir: &Path, slot: &str) -> ReceiveWal {
         std::fs::create_dir_all(dir).unwrap_or_else(|e| panic!("create {}: {e}", dir.display()));
         chown_postgres(dir);
@@ -38,7 +38,15 @@ impl Server {
         let child = postgres_direct_cmd(self.bin("pg_receivewal"))
             .arg("-D")
             .arg(dir)
-            .args(["--slot", slot, "-v", "-w", "-d", conninfo])
+            .args([
+                "--slot",
+                slot,
+                "-v",
+                "-w",
+                "--status-interval=1",
+                "-d",
+                conninfo,
+            ])
             .current_dir(self.dir())
             .stdin(Stdio::null())
             .stdout(out)

@@ -4,9 +4,10 @@
 
 use std::time::{Duration, Instant};
 
-use walden::wal::{TimelineId, segment_file_name};
+use walden::wal::{Lsn, TimelineId, segment_file_name};
 
 use super::corrupt_proxy::{CorruptProxy, Trigger};
+use super::store::StoreView;
 use super::{assert_same_as, assert_waldump_ok};
 use crate::harness::*;
 
@@ -41,6 +42,7 @@ proto_test!(standby_streams_and_promotes, |pg: &Pg| {
 proto_test!(receivewal_matches_the_server_files, |pg: &Pg| {
     let t0 = Instant::now();
     let srv = pg.start_with(ServerOptions::default().wal_segsize_mb(1));
+    let size = srv.wal_seg_size();
     srv.create_physical_slot("pgrw");
     let mut rw = srv.start_receivewal(&srv.dir().join("pgrw"), "pgrw");
     srv.generate_wal(3 << 20);
@@ -63,8 +65,74 @@ proto_test!(receivewal_matches_the_server_files, |pg: &Pg| {
     );
     assert!(missing.is_empty(), "not in pg_wal: {missing:?}");
     assert_waldump_ok(&srv, rw.dir(), &names[0], &sw.segment);
+
+    // Some WAL into the next segment, received (written) by pg_receivewal before it stops.
+    srv.psql("create table after_switch (v text); insert into after_switch values ('x')");
+    let end = srv.insert_lsn();
+    wait_for(
+        "pg_receivewal to write the last insert",
+        T,
+        || {
+            srv.psql(&format!(
+                "select write_lsn >= '{end}' from pg_stat_replication"
+            )) == "t"
+        },
+        || rw.log(),
+    );
     let status = rw.stop();
     assert!(status.success(), "pg_receivewal exited {status}");
+
+    // The store view reads a store laid out as walden's from pg_receivewal's files.
+    let store_dir = srv.dir().join("store");
+    for entry in std::fs::read_dir(srv.dir().join("pgrw"))
+        .expect("read")
+        .flatten()
+    {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let sub = store_dir.join("main/wal").join(&name[..16]);
+        std::fs::create_dir_all(&sub).expect("create a store directory");
+        std::fs::copy(entry.path(), sub.join(&name)).expect("copy into the store");
+    }
+    let cluster = store_dir.join("main");
+    std::fs::write(
+        cluster.join("cluster.json"),
+        format!(r#"{{"system_identifier": "{}"}}"#, srv.system_identifier()),
+    )
+    .expect("write cluster.json");
+    std::fs::write(
+        cluster.join("gaps.json"),
+        r#"[{"timeline": 1, "from": "0/1000000", "to": "0/3000000", "reason": "removed"}]"#,
+    )
+    .expect("write gaps.json");
+    let store = StoreView::new(&store_dir, "main", size);
+    assert_eq!(store.completed(), names);
+    let partial = format!(
+        "{}.partial",
+        segment_file_name(TimelineId(1), end.segno(size), size)
+    );
+    assert_eq!(
+        store.partials(),
+        vec![partial.clone()],
+        "{}",
+        store.listing()
+    );
+    let valid = store.end_of_valid_wal(pg.major).expect("a partial");
+    assert!(
+        valid >= end && valid.segno(size) == end.segno(size),
+        "{valid} vs {end}"
+    );
+    assert_eq!(store.valid_end(&partial, pg.major), Some(valid));
+    assert_eq!(
+        store.cluster_json()["system_identifier"].as_str(),
+        Some(srv.system_identifier().to_string().as_str())
+    );
+    let gaps = store.gaps();
+    assert_eq!(gaps.len(), 1);
+    assert_eq!(
+        (gaps[0].from, gaps[0].to),
+        (Lsn(0x100_0000), Lsn(0x300_0000))
+    );
+    assert!(store.history(2).is_none() && store.history_timelines().is_empty());
     println!("PostgreSQL {}: {:?}", pg.major, t0.elapsed());
 });
 

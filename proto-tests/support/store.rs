@@ -45,35 +45,39 @@ impl StoreView {
             .join(name)
     }
 
-    /// Every WAL segment file name in the store (complete, compressed or partial), parsed,
-    /// sorted by timeline and segment number. Panics on a file that is not a segment name.
+    /// Every WAL segment file in the store (complete, compressed or partial), parsed, sorted
+    /// by timeline and segment number. Other files (e.g. a writer's temporary files) are left
+    /// out here and shown by [`StoreView::listing`].
     fn files(&self) -> Vec<(WalFileName, String)> {
-        let mut out = Vec::new();
+        let mut out: Vec<(WalFileName, String)> = self
+            .all_names()
+            .into_iter()
+            .filter_map(|name| Some((WalFileName::parse(&name, self.seg_size).ok()?, name)))
+            .collect();
+        out.sort_by_key(|(p, _)| (p.tli, p.segno, p.partial));
+        out
+    }
+
+    /// The names of all files in the per-timeline directories under `wal/`, sorted.
+    fn all_names(&self) -> Vec<String> {
+        let mut names = Vec::new();
         for entry in std::fs::read_dir(self.wal_dir())
             .into_iter()
             .flatten()
             .flatten()
         {
-            if !entry.file_type().is_ok_and(|t| t.is_dir()) {
-                continue;
-            }
-            for file in std::fs::read_dir(entry.path())
-                .into_iter()
-                .flatten()
-                .flatten()
-            {
-                let name = file.file_name().to_string_lossy().into_owned();
-                let parsed = WalFileName::parse(&name, self.seg_size).unwrap_or_else(|e| {
-                    panic!(
-                        "unexpected file {} in the store: {e}",
-                        file.path().display()
-                    )
-                });
-                out.push((parsed, name));
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                for file in std::fs::read_dir(entry.path())
+                    .into_iter()
+                    .flatten()
+                    .flatten()
+                {
+                    names.push(file.file_name().to_string_lossy().into_owned());
+                }
             }
         }
-        out.sort_by_key(|(p, _)| (p.tli, p.segno, p.partial));
-        out
+        names.sort();
+        names
     }
 
     /// Completed segment names, in WAL order (timeline, segment number). Panics on a
@@ -175,11 +179,11 @@ impl StoreView {
         Some(end.unwrap_or_else(|| parsed.segno.start_lsn(self.seg_size)))
     }
 
-    /// A listing of the WAL directory for failure messages.
+    /// A listing of the WAL directory for failure messages (every file, WAL or not).
     pub fn listing(&self) -> String {
-        let names: Vec<String> = self.files().into_iter().map(|(_, n)| n).collect();
+        let names = self.all_names();
         format!(
-            "store {} holds {} WAL files: {names:?}; history: {:?}",
+            "store {} holds {} files under wal/: {names:?}; history: {:?}",
             self.cluster_dir.display(),
             names.len(),
             self.history_timelines()
