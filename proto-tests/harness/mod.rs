@@ -9,6 +9,10 @@
 //! removed when the test passes and kept (with the server log tail printed) when it panics.
 //! Templates and TLS files live in `<base>/walden-tpl-<pid>`, removed by the next test process
 //! after this one exits (which also kills any postmaster a killed test process left behind).
+//!
+//! Beyond single servers: hot standbys and promotion (`standby`), pgbench and SQL write load
+//! (`load`), the version's own pg_receivewal as a reference receiver (`receivewal`), and WAL
+//! positions and `pg_switch_wal()` (`walpos`).
 
 mod install;
 mod load;
