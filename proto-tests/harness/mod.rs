@@ -9,10 +9,18 @@
 //! removed when the test passes and kept (with the server log tail printed) when it panics.
 //! Templates and TLS files live in `<base>/walden-tpl-<pid>`, removed by the next test process
 //! after this one exits (which also kills any postmaster a killed test process left behind).
+//!
+//! Beyond single servers: hot standbys and promotion (`standby`), pgbench and SQL write load
+//! (`load`), the version's own pg_receivewal as a reference receiver (`receivewal`), and WAL
+//! positions and `pg_switch_wal()` (`walpos`).
 
 mod install;
+mod load;
+mod receivewal;
 mod server;
+mod standby;
 mod tls;
+mod walpos;
 
 use std::ffi::OsStr;
 use std::path::PathBuf;
@@ -20,6 +28,7 @@ use std::process::Command;
 use std::sync::OnceLock;
 
 pub use install::{Pg, missing_versions, run_scenario};
+pub use receivewal::ReceiveWal;
 pub use server::{Server, ServerOptions};
 pub use tls::{TlsFiles, tls_files};
 
@@ -83,6 +92,67 @@ pub fn postgres_cmd(program: impl AsRef<OsStr>) -> Command {
         cmd
     } else {
         Command::new(program)
+    }
+}
+
+/// Like [`postgres_cmd`], but the command itself (not `runuser`) is the child, so that
+/// signals sent to the child's pid reach the program: when root, the child switches to the
+/// `postgres` user (uid, gid, no supplementary groups) before it runs `program`. For
+/// background programs the tests stop with a signal (pg_receivewal, pgbench).
+pub fn postgres_direct_cmd(program: impl AsRef<OsStr>) -> Command {
+    use std::os::unix::process::CommandExt as _;
+    let mut cmd = Command::new(program);
+    if is_root() {
+        let (uid, gid) = postgres_ids();
+        cmd.uid(uid).gid(gid).env("HOME", "/tmp");
+    }
+    cmd
+}
+
+/// The `postgres` user's uid and gid, from `/etc/passwd`.
+fn postgres_ids() -> (u32, u32) {
+    static IDS: OnceLock<(u32, u32)> = OnceLock::new();
+    *IDS.get_or_init(|| {
+        let passwd = std::fs::read_to_string("/etc/passwd").expect("read /etc/passwd");
+        passwd
+            .lines()
+            .find_map(|l| {
+                let fields: Vec<&str> = l.split(':').collect();
+                (fields.first() == Some(&"postgres")).then(|| {
+                    let id = |i: usize| fields.get(i).and_then(|f| f.parse().ok());
+                    id(2).zip(id(3))
+                })?
+            })
+            .expect("/etc/passwd has a postgres user with numeric uid and gid")
+    })
+}
+
+/// Sends `signal` (`"INT"`, `"TERM"`, `"KILL"`, ...) to `pid`, ignoring a process that is gone.
+pub fn send_signal(pid: u32, signal: &str) {
+    server::kill(pid, signal);
+}
+
+/// The last `lines` lines of `text` (for failure messages).
+pub fn log_tail(text: &str, lines: usize) -> String {
+    server::tail(text, lines)
+}
+
+/// Polls `cond` every 50 ms until it is true; panics after `timeout` with `what` and the
+/// output of `context` (e.g. logs) so that the failure explains itself.
+pub fn wait_for(
+    what: &str,
+    timeout: std::time::Duration,
+    mut cond: impl FnMut() -> bool,
+    context: impl FnOnce() -> String,
+) {
+    let deadline = std::time::Instant::now() + timeout;
+    while !cond() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}\n{}",
+            context()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
     }
 }
 

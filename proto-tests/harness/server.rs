@@ -1,5 +1,6 @@
-//! Throw-away PostgreSQL servers: one `initdb` template per (version, WAL segment size) per test
-//! process, copied for each server; the postmaster runs as a child of the test process (through
+//! Throw-away PostgreSQL servers: one `initdb` template per (version, WAL segment size, system
+//! number) per test process, copied for each server (so servers of one template share a system
+//! identifier); the postmaster runs as a child of the test process (through
 //! `runuser`) so it is always reaped, and it is stopped on drop even when the test panics.
 
 use std::collections::{HashMap, HashSet};
@@ -15,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use super::{
     PW_MD5, PW_NOHBA, PW_PASSWORD, PW_SCRAM, Pg, TlsFiles, U_CERT, U_MD5, U_NOHBA, U_NOREPL,
-    U_PASSWORD, U_POSTGRES, U_SCRAM, U_TRUST, is_root, postgres_cmd, run_ok,
+    U_PASSWORD, U_POSTGRES, U_SCRAM, U_TRUST, is_root, postgres_cmd, postgres_direct_cmd, run_ok,
 };
 
 /// How long a postmaster may take to become ready or to shut down.
@@ -32,12 +33,23 @@ pub struct ServerOptions {
     pub wal_segsize_mb: Option<u32>,
     /// Extra `postgresql.conf` lines (e.g. `"wal_keep_size = '64MB'"`), applied after ours.
     pub extra_conf: Vec<String>,
+    /// Which `initdb` the server is a copy of: servers with the same version, segment size
+    /// and `system` share one template and so one system identifier; another `system` value
+    /// gets its own `initdb` (a different system identifier). 0 by default.
+    pub system: u32,
 }
 
 impl ServerOptions {
     /// Sets the WAL segment size in MB.
     pub fn wal_segsize_mb(mut self, mb: u32) -> Self {
         self.wal_segsize_mb = Some(mb);
+        self
+    }
+
+    /// Copies a separate `initdb` numbered `n`, for a system identifier that differs from
+    /// the default servers' (see [`ServerOptions::system`]).
+    pub fn system(mut self, n: u32) -> Self {
+        self.system = n;
         self
     }
 
@@ -83,7 +95,7 @@ impl Pg {
 
     /// A configured but not yet started server (edit its data directory, then `start()`).
     pub fn create(&self, opts: ServerOptions) -> Server {
-        let template = template(self, opts.wal_segsize_mb);
+        let template = template(self, opts.wal_segsize_mb, opts.system);
         let dir = new_test_dir();
         run_ok(
             Command::new("cp")
@@ -112,7 +124,7 @@ impl Pg {
 }
 
 impl Server {
-    fn configure(pg: Pg, dir: PathBuf, extra_conf: Vec<String>) -> Server {
+    pub(super) fn configure(pg: Pg, dir: PathBuf, extra_conf: Vec<String>) -> Server {
         let sock = dir.join("s");
         std::fs::create_dir_all(&sock).expect("create the socket directory");
         std::fs::write(dir.join("server.log"), "").expect("create server.log");
@@ -220,6 +232,40 @@ impl Server {
     /// Like [`Server::psql`], returning psql's stderr as the error.
     pub fn try_psql(&self, sql: &str) -> Result<String, String> {
         self.psql_conn(&self.conninfo_socket(U_POSTGRES), sql)
+    }
+
+    /// Like [`Server::try_psql`], but gives up after `timeout`: psql is killed and the error
+    /// says so. The backend may still be running the statement (e.g. a commit waiting for a
+    /// synchronous standby) until the server notices or is stopped.
+    pub fn psql_timeout(&self, sql: &str, timeout: Duration) -> Result<String, String> {
+        let mut child = postgres_direct_cmd(self.bin("psql"))
+            .args(["-XAtq", "-v", "ON_ERROR_STOP=1", "-f", "-", "-d"])
+            .arg(self.conninfo_socket(U_POSTGRES))
+            .current_dir(&self.dir)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot run psql: {e}"));
+        if let Some(mut stdin) = child.stdin.take() {
+            let _ = stdin.write_all(sql.as_bytes());
+        }
+        let deadline = Instant::now() + timeout;
+        while matches!(child.try_wait(), Ok(None)) {
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(format!("psql did not finish within {timeout:?}: {sql}"));
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let out = child.wait_with_output().expect("wait for psql");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        if out.status.success() {
+            Ok(stdout.strip_suffix('\n').unwrap_or(&stdout).to_owned())
+        } else {
+            Err(format!("{}{stdout}", String::from_utf8_lossy(&out.stderr)))
+        }
     }
 
     /// Runs `sql` with this version's psql (as the `postgres` OS user) on any libpq
@@ -437,7 +483,7 @@ impl Postmaster {
 }
 
 /// Sends a signal with the shell's `kill` (root may signal the postgres user's processes).
-fn kill(pid: u32, signal: &str) {
+pub(super) fn kill(pid: u32, signal: &str) {
     let _ = Command::new("sh")
         .args(["-c", "kill -s \"$1\" \"$2\" 2>/dev/null", "sh", signal])
         .arg(pid.to_string())
@@ -470,7 +516,7 @@ fn processes_in(dir: &Path) -> bool {
         .any(|e| std::fs::read_link(e.path().join("cwd")).is_ok_and(|cwd| cwd == dir))
 }
 
-fn tail(text: &str, lines: usize) -> String {
+pub(super) fn tail(text: &str, lines: usize) -> String {
     let all: Vec<&str> = text.lines().collect();
     all[all.len().saturating_sub(lines)..].join("\n")
 }
@@ -504,7 +550,7 @@ fn pick_port() -> u16 {
 }
 
 /// `<base>/walden-<pid>-<seq>-<test name>`, created and owned by `postgres`.
-fn new_test_dir() -> PathBuf {
+pub(super) fn new_test_dir() -> PathBuf {
     static SEQ: AtomicU32 = AtomicU32::new(0);
     process_dir(); // clears leftovers of dead test processes first
     let name: String = std::thread::current()
@@ -622,24 +668,29 @@ pub(super) fn chown_postgres(path: &Path) {
 }
 
 /// The data directory of the template for (version, WAL segment size), made on first use.
-fn template(pg: &Pg, wal_segsize_mb: Option<u32>) -> PathBuf {
-    type Templates = HashMap<(u32, Option<u32>), Arc<OnceLock<PathBuf>>>;
+fn template(pg: &Pg, wal_segsize_mb: Option<u32>, system: u32) -> PathBuf {
+    type Templates = HashMap<(u32, Option<u32>, u32), Arc<OnceLock<PathBuf>>>;
     static TEMPLATES: Mutex<Option<Templates>> = Mutex::new(None);
     let cell = {
         let mut map = TEMPLATES.lock().unwrap_or_else(|e| e.into_inner());
         Arc::clone(
             map.get_or_insert_with(HashMap::new)
-                .entry((pg.major, wal_segsize_mb))
+                .entry((pg.major, wal_segsize_mb, system))
                 .or_default(),
         )
     };
-    cell.get_or_init(|| make_template(pg, wal_segsize_mb))
+    cell.get_or_init(|| make_template(pg, wal_segsize_mb, system))
         .clone()
 }
 
-fn make_template(pg: &Pg, wal_segsize_mb: Option<u32>) -> PathBuf {
+fn make_template(pg: &Pg, wal_segsize_mb: Option<u32>, system: u32) -> PathBuf {
     let seg = wal_segsize_mb.map_or("default".to_owned(), |mb| format!("{mb}mb"));
-    let dir = process_dir().join(format!("pg{}-{seg}", pg.major));
+    let variant = if system == 0 {
+        String::new()
+    } else {
+        format!("-s{system}")
+    };
+    let dir = process_dir().join(format!("pg{}-{seg}{variant}", pg.major));
     let data = dir.join("data");
     std::fs::create_dir(&dir).unwrap_or_else(|e| panic!("create {}: {e}", dir.display()));
     chown_postgres(&dir);
