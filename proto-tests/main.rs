@@ -2,7 +2,9 @@
 //! version (`name::pg15`, ...). See `harness` for the servers, roles and TLS files they get.
 
 mod harness;
+mod support;
 
+mod basebackup_protocol;
 mod harness_smoke;
 mod identify;
 mod replication_commands;
