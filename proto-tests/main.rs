@@ -4,6 +4,7 @@
 mod harness;
 mod support;
 
+mod basebackup_protocol;
 mod harness_smoke;
 mod identify;
 mod receive;

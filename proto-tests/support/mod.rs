@@ -1,8 +1,10 @@
-//! Test utilities beyond the server harness: a WAL-corrupting proxy, `walden receive` as a
+//! Test utilities beyond the server harness: a WAL-corrupting proxy, a scripted WAL sender
+//! speaking the PostgreSQL 14 BASE_BACKUP framing, `walden receive` as a
 //! background process, a read-only view of a walden store, and WAL comparisons (byte
 //! identity with reference files, contiguity, `pg_waldump`).
 
 pub mod corrupt_proxy;
+pub mod fake_walsender;
 pub mod receiver;
 pub mod store;
 

@@ -7,11 +7,13 @@
 //! - `query`: simple queries with typed results.
 //! - `replication`: the replication commands, spelled for each server version.
 //! - `stream`: `START_REPLICATION` and the messages inside CopyBoth.
+//! - `basebackup`: `BASE_BACKUP` for every server version, as a stream of events.
 //!
 //! Architecture invariant: this module never touches the store or any data file. The only
 //! files it reads are the ones libpq would read for a connection: `.pgpass` and TLS
 //! certificates and keys.
 
+mod basebackup;
 mod connection;
 mod conninfo;
 mod error;
@@ -23,6 +25,9 @@ mod replication;
 mod stream;
 mod tls;
 
+pub use basebackup::{
+    BackupEvent, BaseBackupOptionError, BaseBackupOptions, BaseBackupStream, TablespaceInfo,
+};
 pub use connection::{Connection, ServerVersion, SessionKind};
 pub use conninfo::{
     ConnConfig, ConnInfoError, ConnParams, DEFAULT_PORT, Environment, Host, Origin, Replication,
