@@ -64,6 +64,20 @@ fn wait_walsender(srv: &Server, w: &mut Receiver, store: &StoreView, not: Option
     }
 }
 
+/// Waits until walden's output contains `needle`.
+fn wait_log(w: &mut Receiver, needle: &str) {
+    let deadline = Instant::now() + T;
+    while !w.output().contains(needle) {
+        w.assert_running(&format!("while waiting for {needle:?} in its output"));
+        assert!(
+            Instant::now() < deadline,
+            "walden never logged {needle:?}\n{}",
+            w.context()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// Waits until the completed segment `name` is in the store.
 fn wait_completed(store: &StoreView, w: &mut Receiver, srv: &Server, name: &str) {
     let deadline = Instant::now() + T;
@@ -179,6 +193,9 @@ proto_test!(survives_kill9_at_random_moments, |pg: &Pg| {
         w = Receiver::start(&src, &dir, &args);
     }
     bench.wait();
+    // Let the last receiver get going (a SIGINT before it installed its handlers would kill
+    // it outright), then stop it.
+    wait_log(&mut w, "starting streaming");
     w.interrupt();
     let sw = srv.switch_wal();
     let until = end_of_segment(sw.lsn, &srv).to_string();

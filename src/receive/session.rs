@@ -139,7 +139,7 @@ impl<'a> Receiver<'a> {
         shutdown: &mut watch::Receiver<bool>,
         streamed: &mut bool,
     ) -> Result<Ended, ReceiveError> {
-        let (mut conn, system) = match self.conn.take() {
+        let (mut conn, mut system) = match self.conn.take() {
             Some(mut conn) => {
                 let system = conn.identify_system().await?;
                 (conn, system)
@@ -171,6 +171,7 @@ impl<'a> Receiver<'a> {
                 } => {
                     self.switch_timeline(&mut conn, tli, next_timeline, next_start)
                         .await?;
+                    system = conn.identify_system().await?;
                     continue;
                 }
                 StartReply::Streaming => {}
@@ -198,6 +199,7 @@ impl<'a> Receiver<'a> {
                     self.writer.end_stream().await?;
                     self.switch_timeline(&mut conn, tli, next_timeline, next_start)
                         .await?;
+                    system = conn.identify_system().await?;
                 }
                 Err(e) => return self.handle_stream_error(e, tli, start).await,
             }
