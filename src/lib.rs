@@ -6,10 +6,12 @@
 //! - [`store`] owns the on-disk store: layout, durable writes, the per-cluster lock, lookup.
 //! - [`identify`] composes them into `walden identify`.
 //! - [`receive`] composes them into `walden receive`: the WAL receiver.
+//! - [`backup`] checks base-backup tar archives against their `backup_manifest` (no I/O).
 //! - [`exit`], [`logging`] and [`signals`] are shared by the two binaries.
 //!
 //! The binaries in `src/bin/` only parse arguments and call into this library.
 
+pub mod backup;
 pub mod exit;
 pub mod identify;
 pub mod logging;
