@@ -241,8 +241,10 @@ pub struct TarStream {
 enum State {
     /// Collecting a header block.
     Header,
-    /// The data of the regular file that is the last of `members`.
+    /// The data of a regular file.
     FileData {
+        path: BackupPath,
+        size: u64,
         remaining: u64,
         hasher: Hasher,
         padding: u64,
@@ -281,10 +283,10 @@ struct Overrides {
 enum Hasher {
     None,
     Crc32c(u32),
-    Sha224(sha2::Sha224),
-    Sha256(sha2::Sha256),
-    Sha384(sha2::Sha384),
-    Sha512(sha2::Sha512),
+    Sha224(Box<sha2::Sha224>),
+    Sha256(Box<sha2::Sha256>),
+    Sha384(Box<sha2::Sha384>),
+    Sha512(Box<sha2::Sha512>),
 }
 
 impl Hasher {
@@ -292,10 +294,10 @@ impl Hasher {
         match algorithm {
             ChecksumAlgorithm::None => Hasher::None,
             ChecksumAlgorithm::Crc32c => Hasher::Crc32c(0),
-            ChecksumAlgorithm::Sha224 => Hasher::Sha224(sha2::Sha224::new()),
-            ChecksumAlgorithm::Sha256 => Hasher::Sha256(sha2::Sha256::new()),
-            ChecksumAlgorithm::Sha384 => Hasher::Sha384(sha2::Sha384::new()),
-            ChecksumAlgorithm::Sha512 => Hasher::Sha512(sha2::Sha512::new()),
+            ChecksumAlgorithm::Sha224 => Hasher::Sha224(Box::default()),
+            ChecksumAlgorithm::Sha256 => Hasher::Sha256(Box::default()),
+            ChecksumAlgorithm::Sha384 => Hasher::Sha384(Box::default()),
+            ChecksumAlgorithm::Sha512 => Hasher::Sha512(Box::default()),
         }
     }
 
@@ -427,14 +429,12 @@ impl TarStream {
                 "inside the end-of-archive blocks at byte {}",
                 self.header_offset
             ),
-            State::FileData { remaining, .. } => {
-                let (path, size) = self
-                    .members
-                    .last()
-                    .map(|m| (m.path.to_string(), m.size))
-                    .unwrap_or_default();
-                format!("inside member {path}: {remaining} of its {size} bytes are missing")
-            }
+            State::FileData {
+                path,
+                size,
+                remaining,
+                ..
+            } => format!("inside member {path}: {remaining} of its {size} bytes are missing"),
             State::Extension { offset, .. } => {
                 format!("inside the extended header at byte {offset}")
             }
@@ -467,30 +467,27 @@ impl TarStream {
                 Ok(n)
             }
             State::FileData {
-                remaining,
-                hasher,
-                padding,
+                remaining, hasher, ..
             } => {
                 let n = clamp(*remaining, input.len());
                 hasher.update(&input[..n]);
                 *remaining -= n as u64;
-                if *remaining == 0 {
-                    let padding = *padding;
-                    if let State::FileData { hasher, .. } =
-                        std::mem::replace(&mut self.state, State::Skip { remaining: padding })
-                    {
-                        let (path, size) = self
-                            .members
-                            .last()
-                            .map(|m| (m.path.clone(), m.size))
-                            .unwrap_or_else(|| (BackupPath::new(Vec::new()), 0));
-                        self.files.push(FileSummary {
-                            path,
-                            size,
-                            algorithm: self.algorithm,
-                            checksum: hasher.finish(),
-                        });
-                    }
+                if *remaining == 0
+                    && let State::FileData {
+                        path,
+                        size,
+                        hasher,
+                        padding,
+                        ..
+                    } = std::mem::replace(&mut self.state, State::Header)
+                {
+                    self.files.push(FileSummary {
+                        path,
+                        size,
+                        algorithm: self.algorithm,
+                        checksum: hasher.finish(),
+                    });
+                    self.state = State::Skip { remaining: padding };
                     self.skip_if_done();
                 }
                 Ok(n)
@@ -545,7 +542,7 @@ impl TarStream {
             if !zero {
                 return Err(TarError::LoneZeroBlock {
                     archive: self.archive.clone(),
-                    offset: self.header_offset - BLOCK_LEN as u64,
+                    offset: self.header_offset.saturating_sub(BLOCK_LEN as u64),
                 });
             }
             self.state = State::End;
@@ -610,7 +607,9 @@ impl TarStream {
             field,
             value: String::from_utf8_lossy(value).into_owned(),
         };
-        let size = match (self.pending.size, header_size) {
+        // A PAX size applies to the next member, not to another extended header.
+        let extension = matches!(typeflag, b'x' | b'g' | b'L' | b'K');
+        let size = match (self.pending.size.filter(|_| !extension), header_size) {
             (Some(size), _) => size,
             (None, Some(size)) => size,
             (None, None) => return Err(bad_number("size", &h[SIZE])),
@@ -630,22 +629,20 @@ impl TarStream {
                 b'L' => Extension::LongName,
                 _ => Extension::LongLink,
             };
-            self.state = State::Extension {
-                kind,
-                body: Vec::new(),
-                remaining: size,
-                padding,
-                offset: self.header_offset,
-            };
-            if size == 0 {
-                // An empty body: apply it (nothing) and go on to the padding (none).
-                self.state = State::Header;
+            if size > 0 {
+                self.state = State::Extension {
+                    kind,
+                    body: Vec::new(),
+                    remaining: size,
+                    padding,
+                    offset: self.header_offset,
+                };
             }
             return Ok(());
         }
         if typeflag == b'g' {
             self.state = State::Skip {
-                remaining: size + padding,
+                remaining: size.saturating_add(padding),
             };
             self.skip_if_done();
             return Ok(());
@@ -708,6 +705,8 @@ impl TarStream {
                 });
             } else {
                 self.state = State::FileData {
+                    path,
+                    size,
                     remaining: size,
                     hasher: Hasher::new(self.algorithm),
                     padding,
@@ -715,7 +714,7 @@ impl TarStream {
             }
         } else {
             self.state = State::Skip {
-                remaining: size + padding,
+                remaining: size.saturating_add(padding),
             };
             self.skip_if_done();
         }
@@ -1444,6 +1443,25 @@ pub(super) mod tests {
     }
 
     #[test]
+    fn huge_sizes_do_not_overflow() {
+        for typeflag in [b'5', b'0', b'g', b'x'] {
+            let mut h = header(b"d/", typeflag, 0, SizeField::Base256, b"");
+            h[SIZE][4..].fill(0xff); // u64::MAX: size + padding would overflow
+            h[CHKSUM].copy_from_slice(b"        ");
+            let sum: u32 = h.iter().map(|&b| u32::from(b)).sum();
+            h[CHKSUM][..7].copy_from_slice(format!("{sum:06o}\0").as_bytes());
+            let err = parse_all(&h, "", ChecksumAlgorithm::Crc32c).unwrap_err();
+            assert!(
+                matches!(
+                    err,
+                    TarError::Truncated { .. } | TarError::ExtensionTooLarge { .. }
+                ),
+                "{err}"
+            );
+        }
+    }
+
+    #[test]
     fn errors_are_sticky() {
         let mut bad = sample();
         bad[0] ^= 1;
@@ -1502,6 +1520,29 @@ pub(super) mod tests {
             let mut framed = header(b"x", b'0', 0, SizeField::Octal, b"").to_vec();
             framed.extend_from_slice(&bytes);
             let _ = parse_chunked(&framed, &cuts);
+        }
+
+        #[test]
+        fn random_headers_with_valid_checksums_never_panic(
+            blocks in prop::collection::vec(
+                (prop::collection::vec(any::<u8>(), BLOCK_LEN), prop::sample::select(&b"0125xgLK7\0"[..]), 0usize..1500),
+                1..6,
+            ),
+            cuts in byte_chunks(),
+        ) {
+            let mut bytes = Vec::new();
+            for (mut h, typeflag, data_len) in blocks {
+                h[TYPEFLAG] = typeflag;
+                h[MAGIC].copy_from_slice(b"ustar\x0000");
+                h[MODE].copy_from_slice(b"0000644\0");
+                h[SIZE].copy_from_slice(format!("{data_len:011o}\0").as_bytes());
+                h[CHKSUM].copy_from_slice(b"        ");
+                let sum: u32 = h.iter().map(|&b| u32::from(b)).sum();
+                h[CHKSUM][..7].copy_from_slice(format!("{sum:06o}\0").as_bytes());
+                bytes.extend_from_slice(&h);
+                bytes.extend((0..data_len).map(|i| (i % 10) as u8 + b'0'));
+            }
+            let _ = parse_chunked(&bytes, &cuts);
         }
 
         #[test]
