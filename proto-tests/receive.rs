@@ -615,3 +615,101 @@ proto_test!(records_a_gap_when_the_server_removed_wal, |pg: &Pg| {
     w.interrupt();
     assert_eq!(store.gaps().len(), gaps.len(), "{:?}", store.gaps());
 });
+
+proto_test!(compresses_completed_segments_and_lists_them, |pg: &Pg| {
+    use walden::store::{ClusterName, ClusterReader, WalArchive};
+    let srv = pg.start_with(ServerOptions::default().wal_segsize_mb(1));
+    let dir = new_store(&srv, "store");
+    let store = view(&srv, &dir);
+    let mut w = Receiver::start(&srv.conninfo(U_TRUST), &dir, &["--compress", "zstd:5"]);
+    wait_walsender(&srv, &mut w, &store, None);
+    srv.generate_wal(3 << 20);
+    let sw = srv.switch_wal();
+    let size = srv.wal_seg_size();
+    let switched = WalFileName::parse(&sw.segment, size).unwrap();
+    let deadline = Instant::now() + T;
+    loop {
+        let found = ClusterReader::open(&dir, &ClusterName::default())
+            .ok()
+            .and_then(|r| r.find_segment(switched.tli, switched.segno).ok().flatten());
+        if found.is_some_and(|s| s.name.compressed) {
+            break;
+        }
+        assert!(
+            w.is_running() && Instant::now() < deadline,
+            "{}.zst did not appear\n{}",
+            sw.segment,
+            context(&w, &store, &srv)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    w.interrupt();
+    let output = w.output();
+    // The partial segments stay plain; the completed ones are .zst only, and decompress to
+    // exactly the server's own files.
+    let reader = ClusterReader::open(&dir, &ClusterName::default()).unwrap();
+    let segments = reader.list_wal().unwrap();
+    let completed: Vec<_> = segments.iter().filter(|s| !s.name.partial).collect();
+    assert!(completed.len() >= 3, "{segments:?}\n{output}");
+    for s in &completed {
+        let name = s.name.format(size);
+        assert!(
+            s.name.compressed && name.ends_with(".zst"),
+            "{name} is not compressed"
+        );
+        assert!(s.size < size.bytes(), "{name}: {} bytes compressed", s.size);
+        let mut bytes = Vec::new();
+        std::io::Read::read_to_end(&mut reader.open_segment(s).unwrap(), &mut bytes).unwrap();
+        let plain = WalFileName {
+            compressed: false,
+            ..s.name
+        }
+        .format(size);
+        assert!(
+            srv.pg_wal_file(&plain).as_deref() == Some(&bytes[..]),
+            "{name} differs from the server's {plain}"
+        );
+    }
+    assert!(
+        segments
+            .iter()
+            .all(|s| !s.name.partial || !s.name.compressed),
+        "{segments:?}"
+    );
+
+    // walden list and walden verify read the compressed store.
+    let listing = run_ok(walden_cmd().args(["list", "--json", "--store"]).arg(&dir));
+    let listing: serde_json::Value = serde_json::from_str(&listing).unwrap();
+    let t1 = &listing["wal"]["timelines"][0];
+    assert_eq!(t1["timeline"], 1, "{listing}");
+    assert_eq!(t1["missing"], serde_json::json!([]), "{listing}");
+    assert_eq!(
+        t1["last_segment"].as_str(),
+        Some(sw.segment.as_str()),
+        "{listing}"
+    );
+    let verify = run_ok(walden_cmd().args(["verify", "--store"]).arg(&dir));
+    assert!(verify.contains(", 0 problems"), "{verify}");
+
+    // A corrupted byte inside a compressed segment is found by walden verify (exit 4).
+    let victim = completed[1];
+    let mut bytes = Vec::new();
+    std::io::Read::read_to_end(&mut reader.open_segment(victim).unwrap(), &mut bytes).unwrap();
+    bytes[300_000] ^= 0x55;
+    let recompressed = zstd::encode_all(&bytes[..], 3).unwrap();
+    std::fs::write(&victim.path, recompressed).unwrap();
+    let out = walden_cmd()
+        .args(["verify", "--store"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(4), "{text}");
+    let victim_name = WalFileName {
+        compressed: false,
+        ..victim.name
+    }
+    .format(size);
+    assert!(text.contains(&victim_name), "{text}");
+    assert!(store.gaps().is_empty());
+});

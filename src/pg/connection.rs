@@ -60,10 +60,17 @@ impl ServerVersion {
         let major: u32 = parts.next()?.parse().ok()?;
         let minor: u32 = parts.next().map_or(Some(0), |p| p.parse().ok())?;
         if major >= 10 {
-            return Some(ServerVersion(major * 10000 + minor));
+            return major
+                .checked_mul(10000)?
+                .checked_add(minor)
+                .map(ServerVersion);
         }
         let patch: u32 = parts.next().map_or(Some(0), |p| p.parse().ok())?;
-        Some(ServerVersion(major * 10000 + minor * 100 + patch))
+        major
+            .checked_mul(10000)?
+            .checked_add(minor.checked_mul(100)?)?
+            .checked_add(patch)
+            .map(ServerVersion)
     }
 
     /// The major version: 15 for 15.18, 9 for 9.6 (callers only support 10 and later).
@@ -813,6 +820,10 @@ mod tests {
             );
         }
         assert_eq!(ServerVersion::parse("x"), None);
+        // Found by fuzzing: absurd versions from a broken server must not overflow.
+        for absurd in ["429497", "9.42949673", "10.4294967295", "4294967295.1"] {
+            assert_eq!(ServerVersion::parse(absurd), None, "{absurd}");
+        }
         assert_eq!(ServerVersion(150018).major(), 15);
     }
 }

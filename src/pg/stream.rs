@@ -63,12 +63,16 @@ impl PgTimestamp {
         PgTimestamp(micros)
     }
 
+    /// The time as a `SystemTime`; times before 1970 (or absurd ones from a broken server)
+    /// become the Unix epoch.
     pub fn to_system_time(self) -> SystemTime {
-        let unix_micros = self.0 + (POSTGRES_EPOCH_UNIX_SECS as i64) * 1_000_000;
-        if unix_micros >= 0 {
-            UNIX_EPOCH + Duration::from_micros(unix_micros as u64)
-        } else {
-            UNIX_EPOCH
+        let unix_micros = self
+            .0
+            .checked_add((POSTGRES_EPOCH_UNIX_SECS as i64) * 1_000_000)
+            .and_then(|m| u64::try_from(m).ok());
+        match unix_micros {
+            Some(m) => UNIX_EPOCH + Duration::from_micros(m),
+            None => UNIX_EPOCH,
         }
     }
 }
@@ -407,6 +411,9 @@ mod tests {
         let t = UNIX_EPOCH + Duration::from_secs(POSTGRES_EPOCH_UNIX_SECS + 1);
         assert_eq!(PgTimestamp::from_system_time(t), PgTimestamp(1_000_000));
         assert_eq!(PgTimestamp(1_000_000).to_system_time(), t);
+        // Found by fuzzing: a server-sent time near i64::MAX must not overflow.
+        assert_eq!(PgTimestamp(i64::MAX).to_system_time(), UNIX_EPOCH);
+        assert_eq!(PgTimestamp(i64::MIN).to_system_time(), UNIX_EPOCH);
     }
 
     proptest! {
