@@ -169,7 +169,42 @@ def history_seeds():
     write("timeline_history", "empty", struct.pack("<I", 1))
 
 
+# --- text_values ------------------------------------------------------------------------
+def text_seeds():
+    texts = ["0/9079F0", "FFFFFFFF/FFFFFFFF", "000000010000000000000009",
+             "00000002000000000000000A.zst.partial", "00000002.history", "16MB", "1GB",
+             "1048576", "walden_slot_1", "16.11 (Debian 16.11-1.pgdg120+1)", "9.6.24",
+             "18beta1", "7711098434148768794"]
+    for i, t in enumerate(texts):
+        write("text_values", f"t{i}", bytes([i % 11]) + t.encode())
+
+
+# --- channel_binding ----------------------------------------------------------------------
+def cert_seeds():
+    """Self-signed certificates with each signature family (new keys each run: not committed)."""
+    import subprocess
+    import tempfile
+    kinds = {
+        "rsa-sha256": (["-newkey", "rsa:1024"], ["-sha256"]),
+        "rsa-sha1": (["-newkey", "rsa:1024"], ["-sha1"]),
+        "ec-sha384": (["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256"], ["-sha384"]),
+        "rsa-pss": (["-newkey", "rsa-pss", "-pkeyopt", "rsa_keygen_bits:1024"],
+                    ["-sha512", "-sigopt", "rsa_padding_mode:pss"]),
+        "ed25519": (["-newkey", "ed25519"], []),
+    }
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, (key, sig) in kinds.items():
+            out = Path(tmp) / name
+            r = subprocess.run(["openssl", "req", "-x509", "-nodes", "-subj", "/CN=fuzz", "-days", "1",
+                                *key, *sig, "-keyout", os.devnull, "-outform", "DER", "-out", str(out)],
+                               capture_output=True)
+            if r.returncode == 0:
+                write("channel_binding", name, out.read_bytes())
+
+
 if __name__ == "__main__":
+    text_seeds()
+    cert_seeds()
     wal_seeds()
     frame_seeds()
     conninfo_seeds()

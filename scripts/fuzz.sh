@@ -37,6 +37,7 @@ for t in "${targets[@]}"; do
     if [[ -e "${regressions[0]}" ]] &&
         ! cargo fuzz run --sanitizer none "$t" "${regressions[@]}" >"fuzz/regressions-$t.log" 2>&1; then
         echo "==> $t: an input in fuzz/regressions/$t still crashes (see fuzz/regressions-$t.log)"
+        grep -m1 -A1 "panicked at" "fuzz/regressions-$t.log" || true
         failed+=("$t")
         continue
     fi
