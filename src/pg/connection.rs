@@ -44,6 +44,9 @@ pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(60);
 /// The application name sent when the connection string gives none.
 pub const DEFAULT_APPLICATION_NAME: &str = "walden";
 
+/// How much the read buffer asks the socket for at least, per read.
+const READ_CHUNK: usize = 256 * 1024;
+
 /// The server's version, as `server_version_num` would give it (e.g. 150018).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct ServerVersion(pub u32);
@@ -242,18 +245,46 @@ impl Connection {
     pub async fn recv(&mut self) -> Result<Frame, Error> {
         loop {
             let frame = self.recv_raw().await?;
-            match frame {
-                Frame::Message(Message::NoticeResponse(body)) => {
-                    let notice = ServerError::from_fields(body.fields());
-                    tracing::info!(peer = %self.peer, "{}: {}", notice.severity, notice.message);
-                }
-                Frame::Message(Message::ParameterStatus(body)) => {
-                    if let (Ok(name), Ok(value)) = (body.name(), body.value()) {
-                        self.parameters.insert(name.to_string(), value.to_string());
+            if let Some(frame) = self.filter(frame) {
+                return Ok(frame);
+            }
+        }
+    }
+
+    /// The next message if one is already complete in the read buffer, without reading the
+    /// socket: lets a caller handle everything that arrived in one read before it waits again.
+    pub fn try_recv_buffered(&mut self) -> Result<Option<Frame>, Error> {
+        loop {
+            let decoded = frame::decode(&mut self.rbuf).map_err(|source| Error::Frame {
+                peer: self.peer.clone(),
+                source,
+            })?;
+            match decoded {
+                None => return Ok(None),
+                Some(frame) => {
+                    if let Some(frame) = self.filter(frame) {
+                        return Ok(Some(frame));
                     }
                 }
-                other => return Ok(other),
             }
+        }
+    }
+
+    /// Handles notices and parameter changes; gives back every other frame.
+    fn filter(&mut self, frame: Frame) -> Option<Frame> {
+        match frame {
+            Frame::Message(Message::NoticeResponse(body)) => {
+                let notice = ServerError::from_fields(body.fields());
+                tracing::info!(peer = %self.peer, "{}: {}", notice.severity, notice.message);
+                None
+            }
+            Frame::Message(Message::ParameterStatus(body)) => {
+                if let (Ok(name), Ok(value)) = (body.name(), body.value()) {
+                    self.parameters.insert(name.to_string(), value.to_string());
+                }
+                None
+            }
+            other => Some(other),
         }
     }
 
@@ -268,6 +299,10 @@ impl Connection {
                         source,
                     });
                 }
+            }
+            // Read in large pieces: fewer wake-ups when the server sends many small messages.
+            if self.rbuf.capacity() - self.rbuf.len() < READ_CHUNK / 2 {
+                self.rbuf.reserve(READ_CHUNK);
             }
             let n = self
                 .stream
@@ -510,7 +545,7 @@ async fn startup(
 ) -> Result<Connection, Error> {
     let mut conn = Connection {
         stream,
-        rbuf: BytesMut::with_capacity(64 * 1024),
+        rbuf: BytesMut::with_capacity(READ_CHUNK),
         wbuf: BytesMut::with_capacity(1024),
         peer,
         parameters: HashMap::new(),

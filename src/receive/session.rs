@@ -385,6 +385,12 @@ impl<'a> Receiver<'a> {
     }
 
     /// The CopyBoth loop of one timeline.
+    ///
+    /// WAL is handed to the writer in batches: everything that arrived in one read, and in
+    /// asynchronous mode everything of the last [`BATCH_WAIT`] up to [`BATCH_BYTES`], so the
+    /// writer thread is woken a few dozen times a second rather than per message. Nothing
+    /// waits in a batch when durability is asked for (synchronous mode, a status update, a
+    /// keepalive that wants a reply, the stop position, the end of the stream).
     async fn copy_loop(
         &mut self,
         conn: &mut Connection,
@@ -396,10 +402,12 @@ impl<'a> Receiver<'a> {
         let mut durable = self.writer.durable.clone();
         let mut ticker = tokio::time::interval(self.options.status_interval.max(MIN_STATUS));
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut batch = Batch::default();
         loop {
             tokio::select! {
                 biased;
                 _ = shutdown.wait_for(|stop| *stop) => {
+                    self.flush_batch(&mut batch).await?;
                     self.stop(conn, received).await?;
                     return Ok(Copy::Stopped);
                 }
@@ -410,50 +418,76 @@ impl<'a> Receiver<'a> {
                     let flushed = durable.borrow_and_update().flushed;
                     send_status(conn, received, flushed, false).await?;
                     if self.target.is_some_and(|target| flushed >= target) {
+                        self.flush_batch(&mut batch).await?;
                         self.stop(conn, received).await?;
                         return Ok(Copy::Stopped);
                     }
                 }
                 _ = ticker.tick() => {
+                    self.flush_batch(&mut batch).await?;
                     if !self.options.synchronous {
                         self.writer.send(Command::Sync).await?;
                     }
                     let flushed = durable.borrow().flushed;
                     send_status(conn, received, flushed, false).await?;
                 }
+                _ = tokio::time::sleep_until(batch.deadline()), if !batch.is_empty() => {
+                    self.flush_batch(&mut batch).await?;
+                }
                 frame = conn.recv() => {
-                    let event = conn.stream_event(frame?).await?;
-                    match event {
-                        StreamEvent::Message(ServerMessage::XLogData(x)) => {
-                            *streamed = true;
-                            let end = Lsn(x.start.0 + x.data.len() as u64);
-                            self.writer.send(Command::Wal { start: x.start, data: x.data }).await?;
-                            received = received.max(end);
-                            if !self.options.synchronous
-                                && self.target.is_some_and(|target| received >= target)
-                            {
-                                self.writer.send(Command::Sync).await?;
+                    // This frame and every other one already read: one batch for the writer.
+                    let mut next = Some(frame?);
+                    while let Some(frame) = next {
+                        let event = conn.stream_event(frame).await?;
+                        match event {
+                            StreamEvent::Message(ServerMessage::XLogData(x)) => {
+                                *streamed = true;
+                                received = received.max(Lsn(x.start.0 + x.data.len() as u64));
+                                batch.push(x.start, x.data);
                             }
-                        }
-                        StreamEvent::Message(ServerMessage::Keepalive(k)) => {
-                            if k.reply_requested {
-                                // Answer now, and fsync so that the next answer (sent when
-                                // the flush lands) lets a shutting-down server finish.
-                                let flushed = durable.borrow().flushed;
-                                send_status(conn, received, flushed, false).await?;
-                                if !self.options.synchronous {
-                                    self.writer.send(Command::Sync).await?;
+                            StreamEvent::Message(ServerMessage::Keepalive(k)) => {
+                                if k.reply_requested {
+                                    // Answer now, and fsync so that the next answer (sent
+                                    // when the flush lands) lets a shutting-down server finish.
+                                    self.flush_batch(&mut batch).await?;
+                                    let flushed = durable.borrow().flushed;
+                                    send_status(conn, received, flushed, false).await?;
+                                    if !self.options.synchronous {
+                                        self.writer.send(Command::Sync).await?;
+                                    }
                                 }
                             }
+                            StreamEvent::EndOfTimeline { next_timeline, next_start } => {
+                                self.flush_batch(&mut batch).await?;
+                                return Ok(Copy::TimelineEnded { next_timeline, next_start });
+                            }
+                            StreamEvent::Ended => {
+                                self.flush_batch(&mut batch).await?;
+                                return Ok(Copy::ServerEnded);
+                            }
                         }
-                        StreamEvent::EndOfTimeline { next_timeline, next_start } => {
-                            return Ok(Copy::TimelineEnded { next_timeline, next_start });
-                        }
-                        StreamEvent::Ended => return Ok(Copy::ServerEnded),
+                        next = conn.try_recv_buffered()?;
+                    }
+                    let reached = self.target.is_some_and(|target| received >= target);
+                    if self.options.synchronous || reached || batch.bytes >= BATCH_BYTES {
+                        self.flush_batch(&mut batch).await?;
+                    }
+                    if reached && !self.options.synchronous {
+                        self.writer.send(Command::Sync).await?;
                     }
                 }
             }
         }
+    }
+
+    /// Hands the batched WAL to the writer.
+    async fn flush_batch(&mut self, batch: &mut Batch) -> Result<(), ReceiveError> {
+        if !batch.is_empty() {
+            let chunks = std::mem::take(&mut batch.chunks);
+            batch.bytes = 0;
+            self.writer.send(Command::Wal(chunks)).await?;
+        }
+        Ok(())
     }
 
     /// Stops streaming on our side: everything durable, reported, then CopyDone.
@@ -468,6 +502,38 @@ impl<'a> Receiver<'a> {
 
 /// Status updates are never sent more often than this from the timer.
 const MIN_STATUS: Duration = Duration::from_millis(100);
+
+/// In asynchronous mode, WAL is handed to the writer once this much has accumulated...
+pub(super) const BATCH_BYTES: usize = 512 * 1024;
+/// ... or once the oldest WAL in the batch has waited this long.
+const BATCH_WAIT: Duration = Duration::from_millis(50);
+
+/// WAL received but not yet handed to the writer.
+#[derive(Default)]
+struct Batch {
+    chunks: Vec<(Lsn, bytes::Bytes)>,
+    bytes: usize,
+    since: Option<tokio::time::Instant>,
+}
+
+impl Batch {
+    fn push(&mut self, start: Lsn, data: bytes::Bytes) {
+        if self.chunks.is_empty() {
+            self.since = Some(tokio::time::Instant::now());
+        }
+        self.bytes += data.len();
+        self.chunks.push((start, data));
+    }
+
+    fn is_empty(&self) -> bool {
+        self.chunks.is_empty()
+    }
+
+    /// When the batch must be handed over at the latest.
+    fn deadline(&self) -> tokio::time::Instant {
+        self.since.unwrap_or_else(tokio::time::Instant::now) + BATCH_WAIT
+    }
+}
 
 enum Copy {
     Stopped,

@@ -17,8 +17,8 @@ use crate::wal::{Lsn, SegNo, TimelineId, VerifierConfig, WalSegSize, WalVerifier
 pub(super) enum Command {
     /// A new stream begins at `start` (a segment boundary) on `config.tli`.
     Begin { config: VerifierConfig, start: Lsn },
-    /// WAL bytes starting at `start`, which must follow the previous ones.
-    Wal { start: Lsn, data: Bytes },
+    /// WAL chunks in stream order, each starting where the previous one ended.
+    Wal(Vec<(Lsn, Bytes)>),
     /// Make everything written so far durable and publish it.
     Sync,
     /// The stream ended (end of timeline, reconnect, shutdown): make the open segment durable
@@ -45,8 +45,9 @@ pub(super) struct WriterHandle {
     thread: Option<tokio::task::JoinHandle<Result<(), ReceiveError>>>,
 }
 
-/// Commands in flight: bounds memory to this many messages of at most 128 kB each.
-const QUEUE_DEPTH: usize = 32;
+/// Commands in flight: with batches of at most [`super::session::BATCH_BYTES`] (plus one
+/// message of at most 128 kB), this bounds the WAL held in memory to a few MB.
+const QUEUE_DEPTH: usize = 8;
 
 impl WriterHandle {
     /// Starts the writer thread, which owns the store's cluster writer from now on.
@@ -177,11 +178,13 @@ impl Writer {
                     });
                     self.publish(start);
                 }
-                Command::Wal { start, data } => {
-                    if let Err(e) = self.write(start, &data) {
-                        // Keep what we have, durable, for inspection.
-                        let _ = self.end();
-                        return Err(e);
+                Command::Wal(chunks) => {
+                    for (start, data) in chunks {
+                        if let Err(e) = self.write(start, &data) {
+                            // Keep what we have, durable, for inspection.
+                            let _ = self.end();
+                            return Err(e);
+                        }
                     }
                     if self.synchronous && rx.is_empty() {
                         self.sync()?;
