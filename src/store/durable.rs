@@ -9,11 +9,14 @@
 //!   the old bytes or the new ones, never a mixture. Temporary names are fixed, not random:
 //!   only the holder of a cluster's lock writes, and a temporary file left by a crash is simply
 //!   overwritten next time (or removed when the cluster is next opened for writing).
+//! - a file made by a process that does not hold the lock ([`create_file_atomic`]) uses a
+//!   temporary name unique to the call and a hard link, so it never replaces anything.
 
 use std::ffi::OsString;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::error::{Result, StoreError};
 
@@ -77,17 +80,79 @@ pub fn rename_synced(from: &Path, to: &Path) -> Result<()> {
 /// renames it over `path`.
 pub fn write_file_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let tmp = temp_path(path);
+    write_synced(&tmp, bytes)?;
+    rename_synced(&tmp, path)
+}
+
+/// Creates `path` holding `bytes`, atomically and durably, unless it exists: `Ok(true)` if we
+/// created it, `Ok(false)` if it was already there (it is left alone). Safe without the
+/// cluster's lock: the bytes go to `<path>.<pid>-<n>.tmp`, and the final name is made with a
+/// hard link, which never replaces a file (so the filesystem must support hard links).
+pub fn create_file_atomic(path: &Path, bytes: &[u8]) -> Result<bool> {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let mut attempts = 0;
+    loop {
+        let mut name = OsString::from(path.as_os_str());
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        name.push(format!(".{}-{n}.tmp", std::process::id()));
+        let tmp = PathBuf::from(name);
+        write_synced(&tmp, bytes)?;
+        let linked = fs::hard_link(&tmp, path);
+        match fs::remove_file(&tmp) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(StoreError::io("remove", &tmp, e)),
+        }
+        match linked {
+            Ok(()) => {
+                sync_dir(parent_of(path))?;
+                return Ok(true);
+            }
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return Ok(false),
+            // The lock holder removes `*.tmp` files when it opens the cluster, and may have
+            // taken ours between the write and the link: write it again.
+            Err(e) if e.kind() == io::ErrorKind::NotFound && attempts < 3 => attempts += 1,
+            Err(e) => return Err(StoreError::io("create", path, e)),
+        }
+    }
+}
+
+/// Writes `bytes` to `path` (created or truncated) and fsyncs it.
+fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
     let mut file = OpenOptions::new()
         .write(true)
         .create(true)
         .truncate(true)
-        .open(&tmp)
-        .map_err(|e| StoreError::io("create", &tmp, e))?;
+        .open(path)
+        .map_err(|e| StoreError::io("create", path, e))?;
     file.write_all(bytes)
-        .map_err(|e| StoreError::io("write", &tmp, e))?;
-    sync_file(&file, &tmp)?;
-    drop(file);
-    rename_synced(&tmp, path)
+        .map_err(|e| StoreError::io("write", path, e))?;
+    sync_file(&file, path)
+}
+
+/// Fsyncs every regular file and directory under `dir`, each directory after its contents,
+/// and `dir` last. Symbolic links are not followed.
+pub fn sync_tree(dir: &Path) -> Result<()> {
+    for entry in fs::read_dir(dir).map_err(|e| StoreError::io("list", dir, e))? {
+        let entry = entry.map_err(|e| StoreError::io("list", dir, e))?;
+        let path = entry.path();
+        let kind = entry
+            .file_type()
+            .map_err(|e| StoreError::io("look at", &path, e))?;
+        if kind.is_dir() {
+            sync_tree(&path)?;
+        } else if kind.is_file() {
+            let file = File::open(&path).map_err(|e| StoreError::io("open", &path, e))?;
+            sync_file(&file, &path)?;
+        }
+    }
+    sync_dir(dir)
+}
+
+/// Removes a directory and everything in it, then fsyncs its parent.
+pub fn remove_dir_all_durable(path: &Path) -> Result<()> {
+    fs::remove_dir_all(path).map_err(|e| StoreError::io("remove", path, e))?;
+    sync_dir(parent_of(path))
 }
 
 /// Removes a file and fsyncs its directory.
@@ -164,6 +229,30 @@ mod tests {
         assert!(!deep.join("x").exists());
         let err = durable_rename(&f, &deep.join("z")).unwrap_err().to_string();
         assert!(err.contains("a/x"), "{err}");
+    }
+
+    #[test]
+    fn create_never_replaces_and_trees_are_synced_and_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("cluster.json");
+        assert!(create_file_atomic(&p, b"first").unwrap());
+        assert!(!create_file_atomic(&p, b"second").unwrap());
+        assert_eq!(fs::read(&p).unwrap(), b"first");
+        let names: Vec<_> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, ["cluster.json"], "no temporary file is left");
+
+        let tree = dir.path().join("t");
+        create_dir_all_durable(&tree.join("a/b")).unwrap();
+        fs::write(tree.join("a/b/f"), b"x").unwrap();
+        fs::write(tree.join("g"), b"y").unwrap();
+        sync_tree(&tree).unwrap();
+        assert!(sync_tree(&dir.path().join("missing")).is_err());
+        remove_dir_all_durable(&tree).unwrap();
+        assert!(!tree.exists());
+        assert!(remove_dir_all_durable(&tree).is_err());
     }
 
     #[test]

@@ -24,6 +24,14 @@ pub enum StoreError {
         "invalid cluster name {0:?}: use 1 to 64 characters of A-Z, a-z, 0-9, '_', '.' and '-', not starting with '.'"
     )]
     InvalidClusterName(String),
+    #[error(
+        "invalid backup id {0:?}: a backup id is a UTC start time like 20261122T193000Z, optionally followed by -2, -3..."
+    )]
+    InvalidBackupId(String),
+    #[error(
+        "invalid file name {0:?} in a backup: use a relative path of plain names (A-Z, a-z, 0-9, '_', '.', '-', not starting with '.')"
+    )]
+    InvalidBackupFileName(String),
     #[error("cluster {cluster:?} in store {} is locked by {} (another walden receive?)", store.display(), match pid { Some(p) => format!("pid {p}"), None => "another process".to_string() })]
     Locked {
         store: PathBuf,
@@ -123,6 +131,7 @@ impl StoreError {
         matches!(
             self,
             StoreError::InvalidClusterName(_)
+                | StoreError::InvalidBackupId(_)
                 | StoreError::Locked { .. }
                 | StoreError::SystemMismatch { .. }
                 | StoreError::SegSizeMismatch { .. }

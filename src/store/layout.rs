@@ -176,6 +176,10 @@ impl ClusterPaths {
         self.dir.join("gaps.json")
     }
 
+    pub fn backups(&self) -> PathBuf {
+        self.dir.join("backups")
+    }
+
     pub fn wal(&self) -> PathBuf {
         self.dir.join("wal")
     }

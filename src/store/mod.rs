@@ -1,5 +1,5 @@
 //! The on-disk store: its layout, atomic and durable writes, the per-cluster lock, segment
-//! compression, and listing and lookup for readers.
+//! compression, base backups, and listing and lookup for readers.
 //!
 //! # Layout
 //! ```text
@@ -9,9 +9,19 @@
 //! STORE/<cluster>/gaps.json      WAL the server no longer had when we needed it (absent = none)
 //! STORE/<cluster>/wal/<first 16 hex digits of the name>/<segment>[.zst|.partial]
 //! STORE/<cluster>/wal/NNNNNNNN.history
+//! STORE/<cluster>/backups/lock   flock'd for the moment a backup directory is created,
+//!                                renamed or removed
+//! STORE/<cluster>/backups/<ID>/  a complete backup: backup.json, base.tar[.zst],
+//!                                <tablespace oid>.tar[.zst], backup_manifest, config/ (the
+//!                                server's configuration files, optional)
+//! STORE/<cluster>/backups/<ID>.partial/   a backup being taken; its writer flocks
+//!                                <ID>.partial/lock. One whose lock is free was interrupted
+//!                                and is removed when the next backup begins.
 //! ```
 //! Names are PostgreSQL's, so an administrator can copy files by hand. A cluster name is 1 to
-//! 64 characters of `A-Za-z0-9_.-` not starting with `.` (default `main`). Besides these, a
+//! 64 characters of `A-Za-z0-9_.-` not starting with `.` (default `main`). A backup `<ID>` is
+//! its UTC start time, `20261122T193000Z`, followed by `-2`, `-3`... if a backup with that
+//! time exists already. Besides these, a
 //! store may hold `*.tmp` (an interrupted write; removed when the cluster is next opened for
 //! writing) and `<name>.conflict.<n>` (our copy of a file whose name was already taken by
 //! different bytes; kept for a human, never read).
@@ -26,10 +36,17 @@
 //!   Only a whole, fsynced segment is renamed to its final name; compression then writes
 //!   `<name>.zst.tmp`, fsyncs, renames, and only after that removes the plain file. So a file
 //!   with a final name is always whole and durable, and a `.partial` is always full-size.
+//! - A backup is written into `<ID>.partial/`. To commit it, every file and directory in it
+//!   is fsynced, `backup.json` is written atomically, its `lock` removed and the directory
+//!   renamed to `<ID>`. So a backup directory with a final name is whole and durable.
 //! - A completed name is never rewritten with different bytes ([`StoreError::Conflict`]).
 //! - A store belongs to one system identifier, segment size and major version per cluster.
-//! - One writer per cluster, by `flock` on `lock` (advisory; not reliable on NFS).
+//! - One writer per cluster, by `flock` on `lock` (advisory; not reliable on NFS). Backups
+//!   run beside it without that lock: they only add to `backups/`, and `cluster.json` is
+//!   created with a hard link, never replacing one (so a receiver and a backup starting on a
+//!   new cluster at once agree on it). Only the lock holder rewrites `cluster.json`.
 
+mod backups;
 pub mod durable;
 mod error;
 mod layout;
@@ -40,11 +57,14 @@ mod writer;
 use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+pub use backups::{
+    BackupId, BackupWriter, StoredBackup, backup_dir, backup_in_progress, list_backups,
+};
 pub use error::{Result, StoreError};
 pub use layout::{ClusterInfo, ClusterName, FORMAT, Gap, ServerIdentity, major_version};
 pub use reader::{ClusterReader, StoredSegment, WalArchive};
 pub use segment::{Compression, SegmentWriter};
-pub use writer::ClusterWriter;
+pub use writer::{ClusterWriter, bind_cluster};
 
 /// Bytes available to unprivileged users on the filesystem holding `path` (`statvfs`).
 pub fn free_space(path: &Path) -> Result<u64> {

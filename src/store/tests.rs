@@ -23,7 +23,7 @@ use crate::wal::{Lsn, SegNo, TimelineId, WalFileName, WalSegSize};
 
 const MB: u64 = 1 << 20;
 
-fn server(seg_mb: u64) -> ServerIdentity {
+pub(super) fn server(seg_mb: u64) -> ServerIdentity {
     ServerIdentity {
         system_id: SystemId(7711086575738853143),
         server_version_num: 150018,
@@ -31,7 +31,7 @@ fn server(seg_mb: u64) -> ServerIdentity {
     }
 }
 
-fn open(root: &Path, seg_mb: u64) -> ClusterWriter {
+pub(super) fn open(root: &Path, seg_mb: u64) -> ClusterWriter {
     ClusterWriter::open(root, &ClusterName::default(), &server(seg_mb)).unwrap()
 }
 
@@ -155,9 +155,9 @@ fn second_writer_in_this_process_is_refused_until_all_handles_drop() {
 }
 
 /// Kills a child we started (and the grandchild whose pid it wrote), by pid.
-struct Holder {
-    child: Child,
-    grandchild: Option<u32>,
+pub(super) struct Holder {
+    pub(super) child: Child,
+    pub(super) grandchild: Option<u32>,
 }
 
 impl Drop for Holder {

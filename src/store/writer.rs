@@ -40,21 +40,17 @@ impl ClusterWriter {
         let paths = ClusterPaths::new(store_root, name);
         durable::create_dir_all_durable(&paths.dir)?;
         let lock = take_lock(&paths)?;
-        let info = match read_cluster_info(&paths)? {
-            None => {
-                let info = ClusterInfo {
-                    cluster: name.clone(),
-                    system_identifier: server.system_id,
-                    server_version_num: server.server_version_num,
-                    wal_segment_size: server.wal_segment_size,
-                    created: utc_now(),
-                    format: FORMAT,
-                };
-                write_cluster_info(&paths, &info)?;
-                info
-            }
-            Some(stored) => check_identity(&paths, stored, server)?,
-        };
+        let mut info = bind(&paths, server)?;
+        if info.server_version_num != server.server_version_num {
+            tracing::info!(
+                cluster = %paths.name,
+                from = info.server_version_num,
+                to = server.server_version_num,
+                "server minor version changed; recording it in cluster.json"
+            );
+            info.server_version_num = server.server_version_num;
+            write_cluster_info(&paths, &info)?;
+        }
         durable::create_dir_all_durable(&paths.wal())?;
         remove_temp_files(&paths)?;
         Ok(ClusterWriter {
@@ -161,6 +157,51 @@ impl ClusterWriter {
     }
 }
 
+/// Binds `<store_root>/<name>` to the server `server` without taking the cluster's lock, for
+/// a command that runs beside `walden receive` (a backup): creates the cluster directory and
+/// `cluster.json` if missing, else checks the server with the rules of [`ClusterWriter::open`].
+///
+/// Returns `cluster.json` as stored. A minor upgrade is accepted but not recorded: only the
+/// lock holder rewrites `cluster.json`. If another process creates `cluster.json` at the same
+/// moment, one of the two wins and the other's server is checked against it.
+pub fn bind_cluster(
+    store_root: &Path,
+    name: &ClusterName,
+    server: &ServerIdentity,
+) -> Result<ClusterInfo> {
+    let paths = ClusterPaths::new(store_root, name);
+    durable::create_dir_all_durable(&paths.dir)?;
+    bind(&paths, server)
+}
+
+/// Reads `cluster.json`, creating it for `server` if missing (never replacing one another
+/// process made first), and refuses a server it does not belong to. Returns it as stored.
+fn bind(paths: &ClusterPaths, server: &ServerIdentity) -> Result<ClusterInfo> {
+    let stored = match read_cluster_info(paths)? {
+        Some(stored) => stored,
+        None => {
+            let info = ClusterInfo {
+                cluster: paths.name.clone(),
+                system_identifier: server.system_id,
+                server_version_num: server.server_version_num,
+                wal_segment_size: server.wal_segment_size,
+                created: utc_now(),
+                format: FORMAT,
+            };
+            if durable::create_file_atomic(&paths.cluster_json(), &cluster_json(paths, &info)?)? {
+                return Ok(info);
+            }
+            // Another process created it first: check ours against theirs.
+            read_cluster_info(paths)?.ok_or_else(|| StoreError::NoCluster {
+                store: paths.store.clone(),
+                cluster: paths.name.to_string(),
+            })?
+        }
+    };
+    check_identity(paths, &stored, server)?;
+    Ok(stored)
+}
+
 /// Takes the exclusive, non-blocking lock on `<cluster>/lock` and writes our pid into it.
 fn take_lock(paths: &ClusterPaths) -> Result<Arc<File>> {
     let path = paths.lock();
@@ -191,22 +232,26 @@ fn take_lock(paths: &ClusterPaths) -> Result<Arc<File>> {
     Ok(Arc::new(file))
 }
 
-fn write_cluster_info(paths: &ClusterPaths, info: &ClusterInfo) -> Result<()> {
-    let path = paths.cluster_json();
+fn cluster_json(paths: &ClusterPaths, info: &ClusterInfo) -> Result<Vec<u8>> {
     let mut json = serde_json::to_vec_pretty(info).map_err(|e| StoreError::BadMetadata {
-        path: path.clone(),
+        path: paths.cluster_json(),
         reason: e.to_string(),
     })?;
     json.push(b'\n');
-    durable::write_file_atomic(&path, &json)
+    Ok(json)
 }
 
-/// Refuses a server that is not the one this cluster belongs to; records a minor upgrade.
+fn write_cluster_info(paths: &ClusterPaths, info: &ClusterInfo) -> Result<()> {
+    durable::write_file_atomic(&paths.cluster_json(), &cluster_json(paths, info)?)
+}
+
+/// Refuses a server that is not the one this cluster belongs to: another system identifier,
+/// segment size or major version. A minor version change is accepted.
 fn check_identity(
     paths: &ClusterPaths,
-    mut stored: ClusterInfo,
+    stored: &ClusterInfo,
     server: &ServerIdentity,
-) -> Result<ClusterInfo> {
+) -> Result<()> {
     let stored_major = major_version(stored.server_version_num);
     let server_major = major_version(server.server_version_num);
     if stored.system_identifier != server.system_id {
@@ -237,17 +282,7 @@ fn check_identity(
             server: server_major,
         });
     }
-    if stored.server_version_num != server.server_version_num {
-        tracing::info!(
-            cluster = %paths.name,
-            from = stored.server_version_num,
-            to = server.server_version_num,
-            "server minor version changed; recording it in cluster.json"
-        );
-        stored.server_version_num = server.server_version_num;
-        write_cluster_info(paths, &stored)?;
-    }
-    Ok(stored)
+    Ok(())
 }
 
 /// Removes `*.tmp` files a crash left in the cluster directory, `wal/` and its segment
