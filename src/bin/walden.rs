@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
+use walden::backup::{BackupCompression, BackupOptions};
 use walden::exit;
 use walden::logging::{self, LogFormat};
 use walden::pg::SlotName;
@@ -42,10 +43,62 @@ enum Command {
     },
     /// Stream WAL from a server into the store until stopped (SIGINT/SIGTERM).
     Receive(ReceiveArgs),
+    /// Take a base backup of the whole cluster into the store.
+    Backup(BackupArgs),
     /// Show what the store holds for a cluster.
     List(StoreArgs),
     /// Re-check everything the store holds for a cluster; exit 1 if anything is wrong.
     Verify(StoreArgs),
+}
+
+#[derive(clap::Args)]
+struct BackupArgs {
+    /// libpq connection string or URI of the server to back up.
+    #[arg(long, value_name = "CONNINFO")]
+    source: String,
+    /// The store directory.
+    #[arg(long, value_name = "DIR")]
+    store: PathBuf,
+    /// Name of this cluster in the store.
+    #[arg(long, value_name = "NAME", default_value = "main")]
+    cluster: ClusterName,
+    /// Label written into backup_label and backup.json.
+    #[arg(long, value_name = "TEXT")]
+    label: Option<String>,
+    /// fast: an immediate checkpoint; spread: wait for the server's next paced one.
+    #[arg(long, value_name = "MODE", default_value = "fast", value_parser = ["fast", "spread"])]
+    checkpoint: String,
+    /// none, zstd[:LEVEL] (by walden) or server-zstd[:LEVEL] (by the server, 15+).
+    #[arg(long, value_name = "METHOD", default_value = "none")]
+    compress: BackupCompression,
+    /// Most bytes per second the server may send (e.g. 50M, 512k).
+    #[arg(long, value_name = "RATE", value_parser = parse_rate)]
+    max_rate: Option<u64>,
+    /// How long to wait for `walden receive` to store the backup's WAL.
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = humantime::parse_duration)]
+    wait_for_wal: Duration,
+    /// Carry the backup's WAL inside the backup (no receiver needed).
+    #[arg(long)]
+    include_wal: bool,
+    /// Do not have the server verify data page checksums.
+    #[arg(long)]
+    no_verify: bool,
+}
+
+/// `10M`, `512k`, `1G` or plain bytes per second.
+fn parse_rate(s: &str) -> Result<u64, String> {
+    let (digits, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("invalid rate {s:?}: expected bytes per second like 50M or 512k"))?;
+    let factor = match unit {
+        "" => 1,
+        "k" | "K" => 1 << 10,
+        "M" => 1 << 20,
+        "G" => 1 << 30,
+        _ => return Err(format!("invalid rate {s:?}: the unit must be k, M or G")),
+    };
+    Ok(n * factor)
 }
 
 #[derive(clap::Args)]
@@ -113,6 +166,7 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Identify { source, json } => identify(&source, json).await,
             Command::Receive(args) => receive(args).await,
+            Command::Backup(args) => backup(args).await,
             Command::List(args) => list(&args),
             Command::Verify(args) => verify(&args),
         }
@@ -212,5 +266,38 @@ fn store_error(e: &walden::store::StoreError) -> u8 {
         exit::USAGE
     } else {
         exit::FAILURE
+    }
+}
+
+async fn backup(args: BackupArgs) -> u8 {
+    let options = BackupOptions {
+        source: args.source,
+        store: args.store,
+        cluster: args.cluster,
+        label: args.label,
+        fast_checkpoint: args.checkpoint == "fast",
+        compression: args.compress,
+        max_rate: args.max_rate,
+        wait_for_wal: args.wait_for_wal,
+        include_wal: args.include_wal,
+        verify_checksums: !args.no_verify,
+        progress_bar: std::io::IsTerminal::is_terminal(&std::io::stdout()),
+    };
+    let shutdown = match walden::signals::shutdown_on_signal() {
+        Ok(rx) => rx,
+        Err(e) => {
+            eprintln!("walden: error: cannot install signal handlers: {e}");
+            return exit::FAILURE;
+        }
+    };
+    match walden::backup::take_backup(&options, shutdown).await {
+        Ok(record) => {
+            println!("{}", record.summary());
+            exit::OK
+        }
+        Err(e) => {
+            eprintln!("walden: error: {e}");
+            e.exit_code()
+        }
     }
 }

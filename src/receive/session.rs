@@ -403,7 +403,12 @@ impl<'a> Receiver<'a> {
         let mut ticker = tokio::time::interval(self.options.status_interval.max(MIN_STATUS));
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut batch = Batch::default();
+        // In asynchronous mode the socket is read at most every READ_PACE: the kernel gathers
+        // what the server sends meanwhile, and one wake-up handles it all.
+        let pace = (!self.options.synchronous).then_some(READ_PACE);
+        let mut next_read = tokio::time::Instant::now();
         loop {
+            let paused = tokio::time::Instant::now() < next_read;
             tokio::select! {
                 biased;
                 _ = shutdown.wait_for(|stop| *stop) => {
@@ -434,8 +439,10 @@ impl<'a> Receiver<'a> {
                 _ = tokio::time::sleep_until(batch.deadline()), if !batch.is_empty() => {
                     self.flush_batch(&mut batch).await?;
                 }
-                frame = conn.recv() => {
+                _ = tokio::time::sleep_until(next_read), if paused => {}
+                frame = conn.recv(), if !paused => {
                     // This frame and every other one already read: one batch for the writer.
+                    let before = received;
                     let mut next = Some(frame?);
                     while let Some(frame) = next {
                         let event = conn.stream_event(frame).await?;
@@ -467,6 +474,12 @@ impl<'a> Receiver<'a> {
                             }
                         }
                         next = conn.try_recv_buffered()?;
+                    }
+                    // Pause only when the socket had little: a busy stream is read flat out.
+                    if let Some(pace) = pace
+                        && received.0 - before.0 < PACE_BELOW
+                    {
+                        next_read = tokio::time::Instant::now() + pace;
                     }
                     let reached = self.target.is_some_and(|target| received >= target);
                     if self.options.synchronous || reached || batch.bytes >= BATCH_BYTES {
@@ -507,6 +520,10 @@ const MIN_STATUS: Duration = Duration::from_millis(100);
 pub(super) const BATCH_BYTES: usize = 512 * 1024;
 /// ... or once the oldest WAL in the batch has waited this long.
 const BATCH_WAIT: Duration = Duration::from_millis(50);
+/// In asynchronous mode, the least time between two reads of the socket...
+const READ_PACE: Duration = Duration::from_millis(20);
+/// ... when a read brought less WAL than this.
+const PACE_BELOW: u64 = 64 * 1024;
 
 /// WAL received but not yet handed to the writer.
 #[derive(Default)]

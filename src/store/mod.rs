@@ -47,6 +47,7 @@
 //!   new cluster at once agree on it). Only the lock holder rewrites `cluster.json`.
 
 mod backups;
+mod coverage;
 pub mod durable;
 mod error;
 mod layout;
@@ -60,6 +61,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 pub use backups::{
     BackupId, BackupWriter, StoredBackup, backup_dir, backup_in_progress, list_backups,
 };
+pub use coverage::{history_file_names, wal_covered};
 pub use error::{Result, StoreError};
 pub use layout::{ClusterInfo, ClusterName, FORMAT, Gap, ServerIdentity, major_version};
 pub use reader::{ClusterReader, StoredSegment, WalArchive};
@@ -78,7 +80,8 @@ pub fn utc_now() -> String {
     format_utc(SystemTime::now())
 }
 
-fn format_utc(t: SystemTime) -> String {
+/// A time as `2026-11-22T19:30:00Z`.
+pub fn format_utc(t: SystemTime) -> String {
     let secs = t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
     let (days, rem) = (secs / 86_400, secs % 86_400);
     // Days since 1970-01-01 to a civil date (Howard Hinnant's algorithm).
