@@ -71,11 +71,6 @@ impl BackupRun {
         }
     }
 
-    /// The process id.
-    pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
     /// Its stdout so far.
     pub fn stdout(&self) -> String {
         std::fs::read_to_string(&self.stdout).unwrap_or_default()
@@ -167,11 +162,6 @@ impl BackupsView {
         BackupsView {
             dir: store.join(cluster).join("backups"),
         }
-    }
-
-    /// The directory.
-    pub fn dir(&self) -> &Path {
-        &self.dir
     }
 
     /// The sorted names of the subdirectories.
@@ -376,9 +366,7 @@ fn stored_segment(
 ) -> Option<Vec<u8>> {
     // The receiver may complete a .partial between the lookup and the open: look again.
     for _ in 0..3 {
-        let Some(seg) = reader.find_segment(tli, segno).ok().flatten() else {
-            return None;
-        };
+        let seg = reader.find_segment(tli, segno).ok().flatten()?;
         let mut bytes = Vec::new();
         let read = reader
             .open_segment(&seg)
@@ -513,8 +501,6 @@ pub struct Populated {
     pub tablespace_oid: u32,
     /// Its location (`<server dir>/ts1`).
     pub tablespace_path: String,
-    /// The databases holding tables: `postgres`, `db1`, `db2`.
-    pub databases: Vec<String>,
 }
 
 /// Makes a small cluster worth backing up: databases `db1` and `db2` beside `postgres`, two
@@ -527,8 +513,7 @@ pub fn populate(srv: &Server) -> Populated {
     srv.psql(&format!(
         "CREATE DATABASE db1;\nCREATE DATABASE db2;\nCREATE TABLESPACE ts1 LOCATION '{path}';"
     ));
-    let databases: Vec<String> = ["postgres", "db1", "db2"].map(String::from).to_vec();
-    for (i, db) in databases.iter().enumerate() {
+    for (i, db) in ["postgres", "db1", "db2"].into_iter().enumerate() {
         let conninfo = format!(
             "host={} port={} user={U_POSTGRES} dbname={db}",
             srv.socket_dir().display(),
@@ -557,7 +542,6 @@ pub fn populate(srv: &Server) -> Populated {
     Populated {
         tablespace_oid: oid,
         tablespace_path: path,
-        databases,
     }
 }
 
