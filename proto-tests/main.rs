@@ -4,6 +4,7 @@
 mod harness;
 mod support;
 
+mod backup;
 mod basebackup_protocol;
 mod harness_smoke;
 mod identify;

@@ -1,6 +1,8 @@
-//! A loopback TCP proxy that corrupts WAL on its way to a client: it forwards the client's
-//! bytes untouched and parses the server's message stream (type byte + Int32 length), and when
-//! armed flips one byte in the WAL payload of one CopyData `w` (XLogData) message, once.
+//! A loopback TCP proxy that corrupts WAL or a base backup on its way to a client: it forwards
+//! the client's bytes untouched and parses the server's message stream (type byte + Int32
+//! length), and when armed flips one byte, once: in the WAL payload of one CopyData `w`
+//! (XLogData) message, or in one file's data inside a BASE_BACKUP archive (PostgreSQL 15+
+//! framing: CopyData `n` starts an archive, `d` carries its bytes, `m` starts the manifest).
 //!
 //! Use it with `sslmode=disable` (it does not answer an SSLRequest itself; the server's `N` is
 //! a bare byte outside the message framing, so TLS or GSS negotiation is not supported).
@@ -15,6 +17,8 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use walden::wal::Lsn;
+
+use super::tar::TarWalker;
 
 /// Connections served at once; more are closed at accept.
 pub const MAX_CONNECTIONS: usize = 16;
@@ -31,6 +35,93 @@ pub enum Trigger {
     /// The middle byte of the first occurrence of this pattern (e.g. a marker string the test
     /// wrote into a table row, so the flipped byte is inside a record's data).
     Marker(Vec<u8>),
+    /// The middle data byte of the first regular file of at least `min_size` bytes whose
+    /// path starts with `path_prefix`, in the uncompressed archive named `archive` (e.g.
+    /// `base.tar`) of a BASE_BACKUP stream.
+    FileData {
+        archive: String,
+        path_prefix: String,
+        min_size: u64,
+    },
+}
+
+/// Where a [`Trigger::FileData`] flip landed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FlippedFile {
+    /// The archive (`base.tar`, `16384.tar`).
+    pub archive: String,
+    /// The member path inside it.
+    pub member: String,
+    /// The offset of the flipped byte in the member's data.
+    pub offset: u64,
+}
+
+/// The state of one connection's BASE_BACKUP stream, kept for every message whether or not
+/// the proxy is armed (so that arming mid-stream still knows where the files are).
+#[derive(Debug, Default)]
+pub struct BackupTracker {
+    /// The current archive and its walker; `None` outside archives (before the first, in the
+    /// manifest).
+    archive: Option<(String, TarWalker)>,
+}
+
+impl BackupTracker {
+    /// Follows one backend message; when `trigger` is a [`Trigger::FileData`] whose byte this
+    /// message carries, flips it (XOR 0xFF) and says where.
+    pub fn follow(&mut self, msg: &mut [u8], trigger: Option<&Trigger>) -> Option<FlippedFile> {
+        if msg.first() != Some(&b'd') {
+            return None;
+        }
+        let body = msg.get_mut(5..)?;
+        match body.first()? {
+            b'n' => {
+                let name = body.get(1..)?.split(|&b| b == 0).next()?;
+                let name = String::from_utf8_lossy(name).into_owned();
+                self.archive = Some((name, TarWalker::default()));
+                None
+            }
+            b'm' => {
+                self.archive = None;
+                None
+            }
+            b'd' => {
+                let (name, walker) = self.archive.as_mut()?;
+                if !name.ends_with(".tar") {
+                    return None; // compressed: no tar to walk
+                }
+                let want = match trigger {
+                    Some(Trigger::FileData {
+                        archive,
+                        path_prefix,
+                        min_size,
+                    }) if archive == name => Some((path_prefix.as_str(), *min_size)),
+                    _ => None,
+                };
+                let mut flipped = None;
+                walker.feed(body.get_mut(1..)?, |m, off, bytes| {
+                    let Some((prefix, min)) = want else { return };
+                    if flipped.is_some() || !m.name.starts_with(prefix) || m.size < min {
+                        return;
+                    }
+                    let target = m.size / 2;
+                    if let Some(i) = target
+                        .checked_sub(off)
+                        .and_then(|i| usize::try_from(i).ok())
+                        .filter(|&i| i < bytes.len())
+                    {
+                        bytes[i] ^= 0xFF;
+                        flipped = Some(FlippedFile {
+                            archive: name.clone(),
+                            member: m.name.clone(),
+                            offset: target,
+                        });
+                    }
+                });
+                flipped
+            }
+            _ => None,
+        }
+    }
 }
 
 /// Splits a backend byte stream into whole messages (type byte + Int32 length incl. itself).
@@ -83,7 +174,7 @@ pub fn corrupt_xlogdata(msg: &mut [u8], trigger: &Trigger) -> Option<Lsn> {
                 .position(|w| w == pattern.as_slice())?
                 + pattern.len() / 2
         }
-        Trigger::Marker(_) => return None,
+        Trigger::Marker(_) | Trigger::FileData { .. } => return None,
     };
     let byte = wal.get_mut(offset)?;
     *byte ^= 0xFF;
@@ -94,6 +185,7 @@ pub fn corrupt_xlogdata(msg: &mut [u8], trigger: &Trigger) -> Option<Lsn> {
 struct Shared {
     trigger: Mutex<Option<Trigger>>,
     flipped: Mutex<Option<Lsn>>,
+    flipped_file: Mutex<Option<FlippedFile>>,
     stop: AtomicBool,
     sockets: Mutex<Vec<TcpStream>>,
 }
@@ -129,7 +221,7 @@ impl CorruptProxy {
         self.port
     }
 
-    /// Arms the proxy: the next WAL byte matching `trigger` is flipped, once.
+    /// Arms the proxy: the next WAL or backup byte matching `trigger` is flipped, once.
     pub fn arm(&self, trigger: Trigger) {
         *lock(&self.shared.trigger) = Some(trigger);
     }
@@ -137,6 +229,11 @@ impl CorruptProxy {
     /// The LSN of the byte flipped, once it happened.
     pub fn flipped(&self) -> Option<Lsn> {
         *lock(&self.shared.flipped)
+    }
+
+    /// Where a [`Trigger::FileData`] flip landed, once it happened.
+    pub fn flipped_file(&self) -> Option<FlippedFile> {
+        lock(&self.shared.flipped_file).clone()
     }
 }
 
@@ -203,6 +300,7 @@ fn serve(client: TcpStream, server: TcpStream, shared: &Arc<Shared>) -> Vec<Join
     let down = std::thread::spawn(move || {
         let (mut s_read, mut c_write) = (server, client);
         let mut splitter = MessageSplitter::default();
+        let mut backup = BackupTracker::default();
         let mut buf = vec![0u8; 64 * 1024];
         loop {
             let n = match s_read.read(&mut buf) {
@@ -220,6 +318,10 @@ fn serve(client: TcpStream, server: TcpStream, shared: &Arc<Shared>) -> Vec<Join
                 {
                     *trigger = None;
                     *lock(&s.flipped) = Some(lsn);
+                }
+                if let Some(file) = backup.follow(&mut msg, trigger.as_ref()) {
+                    *trigger = None;
+                    *lock(&s.flipped_file) = Some(file);
                 }
                 drop(trigger);
                 out.extend_from_slice(&msg);
@@ -348,5 +450,79 @@ mod tests {
         assert!(sp.push(&[b'd', 0x7F, 0xFF, 0xFF, 0xFF]).is_err());
         let mut sp = MessageSplitter::default();
         assert_eq!(sp.push(&[b'd', 0, 0, 0]).unwrap(), Vec::<Vec<u8>>::new());
+    }
+
+    /// A 15+ BASE_BACKUP stream: a tablespace archive and base.tar (`tar` in 1000-byte
+    /// CopyData `d` messages with a progress message between them), then the manifest.
+    fn backup_stream(tar: &[u8]) -> Vec<u8> {
+        let mut s = message(b'H', &[0, 0, 0]);
+        s.extend(message(b'd', b"n16384.tar\0/ts\0"));
+        for piece in tar.chunks(700) {
+            s.extend(message(b'd', &[b"d", piece].concat()));
+        }
+        s.extend(message(b'd', b"nbase.tar\0\0"));
+        for piece in tar.chunks(1000) {
+            s.extend(message(b'd', &[b"d", piece].concat()));
+            s.extend(message(b'd', b"p\0\0\0\0\0\0\x10\0"));
+        }
+        s.extend(message(b'd', b"m"));
+        s.extend(message(b'd', &[b"d", &tar[..3000]].concat()));
+        s.extend(message(b'c', b""));
+        s
+    }
+
+    #[test]
+    fn flips_one_byte_of_the_chosen_file_in_the_chosen_archive() {
+        use crate::support::tar::tests::archive;
+        let tar = archive(&[
+            ("backup_label", vec![1u8; 300]),
+            ("base/1/1259", vec![2u8; 9000]),
+            ("base/5/2608", vec![3u8; 20_000]),
+        ]);
+        let input = backup_stream(&tar);
+        let trigger = Trigger::FileData {
+            archive: "base.tar".into(),
+            path_prefix: "base/".into(),
+            min_size: 10_000,
+        };
+        for chunk in [1, 17, 1000, input.len()] {
+            let mut sp = MessageSplitter::default();
+            let mut tracker = BackupTracker::default();
+            let (mut out, mut flips) = (Vec::new(), Vec::new());
+            for piece in input.chunks(chunk) {
+                for mut m in sp.push(piece).unwrap() {
+                    let armed = flips.is_empty().then_some(&trigger);
+                    flips.extend(tracker.follow(&mut m, armed));
+                    assert_eq!(corrupt_xlogdata(&mut m, &trigger), None);
+                    out.extend(m);
+                }
+            }
+            assert_eq!(
+                flips,
+                vec![FlippedFile {
+                    archive: "base.tar".into(),
+                    member: "base/5/2608".into(),
+                    offset: 10_000,
+                }],
+                "chunk {chunk}"
+            );
+            let diffs: Vec<usize> = (0..input.len()).filter(|&i| input[i] != out[i]).collect();
+            assert_eq!(diffs.len(), 1, "chunk {chunk}");
+            assert_eq!(out[diffs[0]], 3 ^ 0xFF);
+            // It is in the second archive: after the whole first one.
+            let base_at = input.windows(9).position(|w| w == b"nbase.tar").unwrap();
+            assert!(diffs[0] > base_at, "chunk {chunk}");
+        }
+        // Nothing matches: nothing changes.
+        let mut tracker = BackupTracker::default();
+        let mut sp = MessageSplitter::default();
+        let none = Trigger::FileData {
+            archive: "base.tar.zst".into(),
+            path_prefix: "base/".into(),
+            min_size: 0,
+        };
+        for mut m in sp.push(&input).unwrap() {
+            assert_eq!(tracker.follow(&mut m, Some(&none)), None);
+        }
     }
 }

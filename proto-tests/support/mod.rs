@@ -1,13 +1,17 @@
-//! Test utilities beyond the server harness: a WAL-corrupting proxy, a scripted WAL sender
-//! speaking the PostgreSQL 14 BASE_BACKUP framing, `walden receive` as a
-//! background process, a read-only view of a walden store, and WAL comparisons (byte
-//! identity with reference files, contiguity, `pg_waldump`).
+//! Test utilities beyond the server harness: a proxy corrupting WAL or base backups, a
+//! scripted WAL sender speaking the PostgreSQL 14 BASE_BACKUP framing, `walden receive` and
+//! `walden backup` as background processes, read-only views of a walden store's WAL and
+//! backups, a minimal tar reader, the backup oracle (extraction + `pg_verifybackup`), and WAL
+//! comparisons (byte identity with reference files, contiguity, `pg_waldump`).
 
+pub mod backup;
 pub mod corrupt_proxy;
 pub mod fake_walsender;
 pub mod receiver;
 pub mod store;
+pub mod tar;
 
+mod backup_smoke;
 mod smoke;
 
 use std::path::Path;
