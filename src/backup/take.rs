@@ -185,16 +185,18 @@ pub struct TablespaceRecord {
 #[derive(Clone, Debug, Default, serde::Serialize)]
 pub struct ConfigCapture {
     pub captured: bool,
-    /// `config/<name>` files stored, with the server path each came from.
-    pub files: Vec<ConfigFile>,
+    /// The names of the files stored under `config/`.
+    pub files: Vec<String>,
+    /// For each stored name, the setting and the path it had on the server.
+    pub sources: Vec<ConfigSource>,
     pub reason: Option<String>,
 }
 
 #[derive(Clone, Debug, serde::Serialize)]
-pub struct ConfigFile {
+pub struct ConfigSource {
+    pub file: String,
     pub setting: String,
     pub server_path: String,
-    pub stored_as: String,
 }
 
 /// Work for the sink thread.
@@ -359,7 +361,8 @@ async fn stream_backup(
     let mut start = None;
     let mut end = None;
     let mut tablespaces = Vec::new();
-    let mut progress = Progress::new(options.progress_bar);
+    let client_zstd = matches!(options.compression, BackupCompression::Zstd(_));
+    let mut progress = Progress::new(options.progress_bar, client_zstd);
     loop {
         let event = tokio::select! {
             biased;
@@ -564,10 +567,11 @@ async fn capture_config(config: &ConnConfig, writer: &BackupWriter) -> ConfigCap
                     capture.reason = Some(e.to_string());
                     break;
                 }
-                capture.files.push(ConfigFile {
+                capture.files.push(name.clone());
+                capture.sources.push(ConfigSource {
+                    file: name,
                     setting,
                     server_path,
-                    stored_as,
                 });
             }
             capture
@@ -578,8 +582,8 @@ async fn capture_config(config: &ConnConfig, writer: &BackupWriter) -> ConfigCap
             );
             ConfigCapture {
                 captured: false,
-                files: Vec::new(),
                 reason: Some(reason),
+                ..ConfigCapture::default()
             }
         }
     }
@@ -626,10 +630,12 @@ fn decode_bytea_hex(text: &str) -> Option<Vec<u8>> {
 struct Progress {
     bar: Option<indicatif::ProgressBar>,
     received: u64,
+    /// Archives get `.zst` appended as they are stored.
+    client_zstd: bool,
 }
 
 impl Progress {
-    fn new(terminal: bool) -> Progress {
+    fn new(terminal: bool, client_zstd: bool) -> Progress {
         let bar = terminal.then(|| {
             let bar = indicatif::ProgressBar::new(0);
             bar.set_style(
@@ -640,7 +646,11 @@ impl Progress {
             );
             bar
         });
-        Progress { bar, received: 0 }
+        Progress {
+            bar,
+            received: 0,
+            client_zstd,
+        }
     }
 
     fn set_total(&mut self, tablespaces: &[TablespaceInfo]) {
@@ -651,9 +661,14 @@ impl Progress {
     }
 
     fn archive(&mut self, name: &str) {
+        let stored = if self.client_zstd && !name.ends_with(".zst") {
+            format!("{name}.zst")
+        } else {
+            name.to_string()
+        };
         match &self.bar {
-            Some(bar) => bar.set_message(name.to_string()),
-            None => println!("receiving archive {name}"),
+            Some(bar) => bar.set_message(stored),
+            None => println!("receiving archive {stored}"),
         }
     }
 

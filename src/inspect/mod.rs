@@ -1,5 +1,6 @@
 //! What a store holds (`walden list`) and whether it is intact (`walden verify`).
 
+pub mod backups;
 pub mod wal;
 
 use std::fmt::Write as _;
@@ -16,6 +17,7 @@ pub struct Listing {
     pub system_identifier: String,
     pub server_version_num: u32,
     pub wal_segment_size: u64,
+    pub backups: Vec<backups::BackupSummary>,
     pub wal: wal::WalInventory,
 }
 
@@ -28,6 +30,7 @@ pub fn list(store: &Path, cluster: &ClusterName) -> Result<Listing, StoreError> 
         system_identifier: info.system_identifier.to_string(),
         server_version_num: info.server_version_num,
         wal_segment_size: info.wal_segment_size.bytes(),
+        backups: backups::backups(store, cluster)?,
         wal: wal::wal_inventory(&reader)?,
     })
 }
@@ -44,6 +47,27 @@ impl Listing {
             crate::store::major_version(self.server_version_num),
             self.wal_segment_size >> 20
         );
+        if self.backups.is_empty() {
+            let _ = writeln!(out, "backups: none");
+        }
+        for b in &self.backups {
+            let dash = || "-".to_string();
+            let _ = writeln!(
+                out,
+                "backup {} {}: {} .. {} (timeline {}), {} MB, {}{}",
+                b.id,
+                b.status,
+                b.start_lsn.clone().unwrap_or_else(dash),
+                b.stop_lsn.clone().unwrap_or_else(dash),
+                b.stop_timeline.map_or_else(dash, |t| t.to_string()),
+                b.bytes.unwrap_or(0) >> 20,
+                b.stop_time.clone().unwrap_or_else(dash),
+                b.label
+                    .as_ref()
+                    .map(|l| format!(", label {l:?}"))
+                    .unwrap_or_default()
+            );
+        }
         if self.wal.timelines.is_empty() {
             let _ = writeln!(out, "WAL: none");
         }
@@ -84,31 +108,34 @@ impl Listing {
 #[derive(Clone, Debug, Serialize)]
 pub struct Verification {
     pub cluster: String,
+    pub backups_checked: usize,
+    pub backup_problems: Vec<backups::BackupProblem>,
     pub wal: wal::WalCheck,
 }
 
 impl Verification {
     pub fn is_ok(&self) -> bool {
-        self.wal.problems.is_empty()
+        self.wal.problems.is_empty() && self.backup_problems.is_empty()
     }
 
     pub fn to_text(&self) -> String {
         let mut out = String::new();
+        for p in &self.backup_problems {
+            let _ = writeln!(out, "backup {}: {}", p.backup, p.problem);
+        }
         for p in &self.wal.problems {
             let _ = writeln!(out, "{}: {}", p.file, p.problem);
         }
+        let problems = self.wal.problems.len() + self.backup_problems.len();
         let _ = writeln!(
             out,
-            "cluster {}: {} WAL segments checked ({} MB), {} problem{}",
+            "cluster {}: {} backups and {} WAL segments checked ({} MB of WAL), {} problem{}",
             self.cluster,
+            self.backups_checked,
             self.wal.segments_checked,
             self.wal.bytes_checked >> 20,
-            self.wal.problems.len(),
-            if self.wal.problems.len() == 1 {
-                ""
-            } else {
-                "s"
-            }
+            problems,
+            if problems == 1 { "" } else { "s" }
         );
         out
     }
@@ -117,8 +144,11 @@ impl Verification {
 /// Re-checks everything stored for a cluster.
 pub fn verify(store: &Path, cluster: &ClusterName) -> Result<Verification, StoreError> {
     let reader = ClusterReader::open(store, cluster)?;
+    let (backups_checked, backup_problems) = backups::verify_backups(store, cluster)?;
     Ok(Verification {
         cluster: cluster.to_string(),
+        backups_checked,
+        backup_problems,
         wal: wal::verify_wal(&reader)?,
     })
 }
