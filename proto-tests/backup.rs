@@ -586,6 +586,18 @@ proto_test!(list_and_verify_see_stored_backups, |pg: &Pg| {
     );
     assert!(listing["wal"]["timelines"].is_array(), "{listing:#}");
     assert_eq!(listing["wal"]["gaps"], serde_json::json!([]), "{listing:#}");
+    // The recoverable window runs from this backup's end to the end of the stored WAL.
+    let window = &listing["recoverable"];
+    assert_eq!(
+        window["from_backup"].as_str(),
+        Some(id.as_str()),
+        "{listing:#}"
+    );
+    assert_eq!(window["from_time"], json["stop_time"], "{listing:#}");
+    assert!(
+        lsn(&window["to_lsn"]) >= lsn(&json["stop_lsn"]),
+        "the window must reach the backup's end\n{listing:#}"
+    );
 
     let (code, text) = walden(&["verify"], &store);
     assert_eq!(code, 0, "walden verify on a good store:\n{text}");
@@ -653,4 +665,26 @@ proto_test!(checksum_failure_fails_the_backup, |pg: &Pg| {
         "{}",
         backups.listing()
     );
+});
+
+proto_test!(backup_from_a_standby_is_marked_as_such, |pg: &Pg| {
+    let primary = pg.start();
+    primary.psql("CREATE TABLE on_primary AS SELECT g FROM generate_series(1, 1000) g");
+    let standby = primary.start_standby(&[]);
+    let store = new_store(&standby);
+    let backups = BackupsView::new(&store, "main");
+    // A standby cannot switch WAL segments, so the backup carries its own WAL here.
+    let out = run_backup(&standby.conninfo(U_TRUST), &store, &["--include-wal"], T);
+    expect_code(&out, 0, "a backup of a standby", &backups);
+    let id = backups.only_complete();
+    let json = backup_json(&backups.path(&id));
+    assert_eq!(json["from_standby"], true, "{json:#}");
+    assert_eq!(json["includes_wal"], true, "{json:#}");
+    // The primary's backup is not.
+    let store2 = new_store(&primary);
+    let backups2 = BackupsView::new(&store2, "main");
+    let out = run_backup(&primary.conninfo(U_TRUST), &store2, &["--include-wal"], T);
+    expect_code(&out, 0, "a backup of the primary", &backups2);
+    let json = backup_json(&backups2.path(&backups2.only_complete()));
+    assert_eq!(json["from_standby"], false, "{json:#}");
 });

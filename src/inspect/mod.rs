@@ -9,6 +9,7 @@ use std::path::Path;
 use serde::Serialize;
 
 use crate::store::{ClusterName, ClusterReader, StoreError, WalArchive};
+use crate::wal::{Lsn, TimelineId};
 
 /// `walden list`: one cluster's contents.
 #[derive(Clone, Debug, Serialize)]
@@ -19,20 +20,71 @@ pub struct Listing {
     pub wal_segment_size: u64,
     pub backups: Vec<backups::BackupSummary>,
     pub wal: wal::WalInventory,
+    /// What a restore can reach; `None` without a usable backup.
+    pub recoverable: Option<Window>,
+}
+
+/// The span a point-in-time restore from this store can reach.
+#[derive(Clone, Debug, Serialize)]
+pub struct Window {
+    /// The oldest complete backup usable for it (no recorded gap after its stop position).
+    pub from_backup: String,
+    /// The earliest point: that backup's end (a restore cannot stop before it).
+    pub from_time: Option<String>,
+    pub from_lsn: String,
+    /// The latest point: the end of valid WAL on the newest timeline.
+    pub to_lsn: Option<Lsn>,
+    pub to_timeline: Option<TimelineId>,
+    /// When walden last wrote that WAL: the newest commit a restore can reach is at or
+    /// before this time.
+    pub to_time: Option<String>,
 }
 
 /// Lists a cluster of a store.
 pub fn list(store: &Path, cluster: &ClusterName) -> Result<Listing, StoreError> {
     let reader = ClusterReader::open(store, cluster)?;
     let info = reader.info();
+    let backups = backups::backups(store, cluster)?;
+    let wal = wal::wal_inventory(&reader)?;
+    let recoverable = window(&reader, &backups, &wal)?;
     Ok(Listing {
         cluster: cluster.to_string(),
         system_identifier: info.system_identifier.to_string(),
         server_version_num: info.server_version_num,
         wal_segment_size: info.wal_segment_size.bytes(),
-        backups: backups::backups(store, cluster)?,
-        wal: wal::wal_inventory(&reader)?,
+        backups,
+        wal,
+        recoverable,
     })
+}
+
+/// The recoverable window: from the oldest complete backup after the last recorded gap to
+/// the end of valid WAL on the newest timeline.
+fn window(
+    reader: &ClusterReader,
+    backups: &[backups::BackupSummary],
+    wal: &wal::WalInventory,
+) -> Result<Option<Window>, StoreError> {
+    let after_gaps = wal.gaps.iter().map(|g| g.to).max().unwrap_or(Lsn::INVALID);
+    let usable = backups.iter().find(|b| {
+        b.status == "complete"
+            && b.stop_lsn
+                .as_deref()
+                .and_then(|l| l.parse::<Lsn>().ok())
+                .is_some_and(|stop| stop >= after_gaps)
+    });
+    let Some(backup) = usable else {
+        return Ok(None);
+    };
+    let end = wal::end_of_stored_wal(reader, wal)?;
+    Ok(Some(Window {
+        from_backup: backup.id.clone(),
+        from_time: backup.stop_time.clone(),
+        from_lsn: backup.stop_lsn.clone().unwrap_or_default(),
+        to_lsn: end.as_ref().map(|e| e.lsn),
+        to_timeline: end.as_ref().map(|e| e.timeline),
+        to_time: end.and_then(|e| e.written),
+    }))
 }
 
 impl Listing {
@@ -91,6 +143,27 @@ impl Listing {
             );
             for name in &t.missing {
                 let _ = writeln!(out, "  missing: {name}");
+            }
+        }
+        match &self.recoverable {
+            Some(w) => {
+                let _ = writeln!(
+                    out,
+                    "recoverable: from {} ({}, backup {}) to {} on timeline {} (WAL last written {})",
+                    w.from_time.as_deref().unwrap_or("-"),
+                    w.from_lsn,
+                    w.from_backup,
+                    w.to_lsn.map_or_else(|| "-".to_string(), |l| l.to_string()),
+                    w.to_timeline
+                        .map_or_else(|| "-".to_string(), |t| t.to_string()),
+                    w.to_time.as_deref().unwrap_or("-"),
+                );
+            }
+            None => {
+                let _ = writeln!(
+                    out,
+                    "recoverable: nothing (no complete backup after the last gap)"
+                );
             }
         }
         for gap in &self.wal.gaps {

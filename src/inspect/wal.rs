@@ -332,3 +332,67 @@ fn check_histories(archive: &dyn WalArchive, check: &mut WalCheck) -> Result<(),
     }
     Ok(())
 }
+
+/// Where the stored WAL ends.
+#[derive(Clone, Debug)]
+pub struct WalEnd {
+    pub timeline: TimelineId,
+    pub lsn: Lsn,
+    /// The newest WAL file's modification time.
+    pub written: Option<String>,
+}
+
+/// The end of valid WAL on the newest timeline: the end of its newest `.partial` if that
+/// holds valid WAL, else the end of its last complete segment.
+pub fn end_of_stored_wal(
+    archive: &dyn WalArchive,
+    inventory: &WalInventory,
+) -> Result<Option<WalEnd>, StoreError> {
+    let info = archive.info();
+    let seg_size = info.wal_segment_size;
+    let Some(newest) = inventory.timelines.last() else {
+        return Ok(None);
+    };
+    let tli = newest.timeline;
+    let segments: Vec<StoredSegment> = archive
+        .list_wal()?
+        .into_iter()
+        .filter(|s| s.name.tli == tli)
+        .collect();
+    let Some(last) = segments
+        .iter()
+        .max_by_key(|s| (s.name.segno, !s.name.partial))
+    else {
+        return Ok(None);
+    };
+    let written = std::fs::metadata(&last.path)
+        .and_then(|m| m.modified())
+        .ok()
+        .map(crate::store::format_utc);
+    let mut lsn = last.name.segno.next().start_lsn(seg_size);
+    if last.name.partial {
+        let magic = PageMagic::for_server_version_num(info.server_version_num);
+        let mut bytes = Vec::new();
+        let readable = archive.open_segment(last)?.read_to_end(&mut bytes).is_ok();
+        let end = match (magic, readable) {
+            (Some(magic), true) => {
+                let config = VerifierConfig {
+                    seg_size,
+                    magic,
+                    tli,
+                    system_identifier: Some(info.system_identifier.0),
+                };
+                find_end_of_valid_wal(&bytes, config, last.name.segno)
+                    .ok()
+                    .flatten()
+            }
+            _ => None,
+        };
+        lsn = end.unwrap_or_else(|| last.name.segno.start_lsn(seg_size));
+    }
+    Ok(Some(WalEnd {
+        timeline: tli,
+        lsn,
+        written,
+    }))
+}
