@@ -4,8 +4,8 @@
 # tables (throughput, client CPU, peak RSS) with walden / pg_basebackup ratios and the backup
 # targets. See benches/README.md. Run as root:
 #
-#   benches/backup_vs_pg_basebackup.sh                        # full run, ~8 minutes
-#   QUICK=1 benches/backup_vs_pg_basebackup.sh                # smoke run, scale 10, ~1 minute
+#   benches/backup_vs_pg_basebackup.sh                        # full run, ~3 minutes
+#   QUICK=1 benches/backup_vs_pg_basebackup.sh                # smoke run, scale 10, ~15 seconds
 #   TOOLS=pg_basebackup QUICK=1 benches/...                   # the pg_basebackup half alone
 #   VARIANTS=none benches/...                                 # only the uncompressed pair
 #   WALDEN=target/release/walden benches/...                  # use this binary, do not build
