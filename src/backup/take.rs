@@ -199,10 +199,14 @@ pub struct ConfigSource {
     pub server_path: String,
 }
 
+/// Archive bytes are handed to the sink thread in batches of about this size.
+const DATA_BATCH: usize = 1024 * 1024;
+
 /// Work for the sink thread.
 enum Job {
     Begin(String, Option<String>),
-    Data(Bytes),
+    /// Archive bytes, several network messages at once (fewer thread wake-ups).
+    Data(Vec<Bytes>),
     End,
     Manifest(Bytes),
     Finish(
@@ -249,7 +253,8 @@ pub async fn take_backup(
         BackupCompression::Zstd(level) => Stored::Zstd(level),
         _ => Stored::AsSent,
     };
-    let (jobs, rx) = mpsc::channel::<Job>(16);
+    // At most a few batches in flight: bounded memory.
+    let (jobs, rx) = mpsc::channel::<Job>(4);
     let sink_thread = tokio::task::spawn_blocking(move || run_sink(Sink::new(writer, stored), rx));
 
     let bb_options = BaseBackupOptions {
@@ -358,6 +363,8 @@ async fn stream_backup(
     options: &BackupOptions,
 ) -> Result<((Lsn, TimelineId), (Lsn, TimelineId), Vec<TablespaceRecord>), BackupError> {
     let mut stream = conn.start_base_backup(bb_options).await?;
+    let mut pending: Vec<Bytes> = Vec::new();
+    let mut pending_bytes = 0usize;
     let mut start = None;
     let mut end = None;
     let mut tablespaces = Vec::new();
@@ -378,6 +385,16 @@ async fn stream_backup(
             Err(e) => return Err(e.into()),
         };
         let send = |job| async { jobs.send(job).await.is_ok() };
+        if !matches!(
+            event,
+            BackupEvent::ArchiveData(_) | BackupEvent::Progress(_)
+        ) && !pending.is_empty()
+        {
+            pending_bytes = 0;
+            if !send(Job::Data(std::mem::take(&mut pending))).await {
+                return Err(BackupError::Internal("the archive writer stopped".into()));
+            }
+        }
         let ok = match event {
             BackupEvent::Started {
                 start: lsn,
@@ -408,7 +425,14 @@ async fn stream_backup(
             }
             BackupEvent::ArchiveData(data) => {
                 progress.data(data.len());
-                send(Job::Data(data)).await
+                pending_bytes += data.len();
+                pending.push(data);
+                if pending_bytes >= DATA_BATCH {
+                    pending_bytes = 0;
+                    send(Job::Data(std::mem::take(&mut pending))).await
+                } else {
+                    true
+                }
             }
             BackupEvent::ArchiveEnd => send(Job::End).await,
             BackupEvent::Progress(done) => {
@@ -427,6 +451,9 @@ async fn stream_backup(
             return Err(BackupError::Internal("the archive writer stopped".into()));
         }
     }
+    if !pending.is_empty() && jobs.send(Job::Data(pending)).await.is_err() {
+        return Err(BackupError::Internal("the archive writer stopped".into()));
+    }
     progress.finish();
     match (start, end) {
         (Some(start), Some(end)) => Ok((start, end, tablespaces)),
@@ -440,7 +467,7 @@ fn run_sink(mut sink: Sink, mut rx: mpsc::Receiver<Job>) -> Result<(), SinkError
     while let Some(job) = rx.blocking_recv() {
         let result = match job {
             Job::Begin(name, location) => sink.begin_archive(&name, location),
-            Job::Data(data) => sink.archive_data(&data),
+            Job::Data(chunks) => chunks.iter().try_for_each(|data| sink.archive_data(data)),
             Job::End => sink.end_archive(),
             Job::Manifest(data) => {
                 sink.manifest_data(&data);
