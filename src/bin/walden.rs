@@ -47,21 +47,28 @@ enum Command {
     Backup(BackupArgs),
     /// Show what the store holds for a cluster.
     List(StoreArgs),
-    /// Re-check everything the store holds for a cluster; exit 1 if anything is wrong.
+    /// Re-check everything the store holds for a cluster; exit 4 if anything is wrong.
     Verify(StoreArgs),
 }
 
+/// The server and the store a command works between.
 #[derive(clap::Args)]
-struct BackupArgs {
-    /// libpq connection string or URI of the server to back up.
+struct ServerAndStore {
+    /// libpq connection string or URI of the server (passwords from PGPASSWORD or ~/.pgpass).
     #[arg(long, value_name = "CONNINFO")]
     source: String,
-    /// The store directory.
+    /// The store directory (created if missing).
     #[arg(long, value_name = "DIR")]
     store: PathBuf,
     /// Name of this cluster in the store.
     #[arg(long, value_name = "NAME", default_value = "main")]
     cluster: ClusterName,
+}
+
+#[derive(clap::Args)]
+struct BackupArgs {
+    #[command(flatten)]
+    target: ServerAndStore,
     /// Label written into backup_label and backup.json.
     #[arg(long, value_name = "TEXT")]
     label: Option<String>,
@@ -98,7 +105,8 @@ fn parse_rate(s: &str) -> Result<u64, String> {
         "G" => 1 << 30,
         _ => return Err(format!("invalid rate {s:?}: the unit must be k, M or G")),
     };
-    Ok(n * factor)
+    n.checked_mul(factor)
+        .ok_or_else(|| format!("invalid rate {s:?}: too large"))
 }
 
 #[derive(clap::Args)]
@@ -116,15 +124,8 @@ struct StoreArgs {
 
 #[derive(clap::Args)]
 struct ReceiveArgs {
-    /// libpq connection string or URI of the server to stream from.
-    #[arg(long, value_name = "CONNINFO")]
-    source: String,
-    /// The store directory (created if missing).
-    #[arg(long, value_name = "DIR")]
-    store: PathBuf,
-    /// Name of this cluster in the store.
-    #[arg(long, value_name = "NAME", default_value = "main")]
-    cluster: ClusterName,
+    #[command(flatten)]
+    target: ServerAndStore,
     /// Physical replication slot to stream from, so the server keeps WAL while walden is down.
     #[arg(long, value_name = "NAME")]
     slot: Option<SlotName>,
@@ -193,9 +194,9 @@ async fn identify(source: &str, json: bool) -> u8 {
 
 async fn receive(args: ReceiveArgs) -> u8 {
     let options = ReceiveOptions {
-        source: args.source,
-        store: args.store,
-        cluster: args.cluster,
+        source: args.target.source,
+        store: args.target.store,
+        cluster: args.target.cluster,
         slot: args.slot,
         create_slot: args.create_slot,
         synchronous: args.synchronous,
@@ -271,9 +272,9 @@ fn store_error(e: &walden::store::StoreError) -> u8 {
 
 async fn backup(args: BackupArgs) -> u8 {
     let options = BackupOptions {
-        source: args.source,
-        store: args.store,
-        cluster: args.cluster,
+        source: args.target.source,
+        store: args.target.store,
+        cluster: args.target.cluster,
         label: args.label,
         fast_checkpoint: args.checkpoint == "fast",
         compression: args.compress,
