@@ -285,30 +285,39 @@ impl Sink {
     }
 
     /// Stores the manifest as sent and checks every archived file against it; then hands the
-    /// backup writer back for the final commit.
-    pub fn finish(mut self, verify: bool) -> Result<(BackupWriter, Written), SinkError> {
+    /// backup writer back for the final commit. On failure the partial backup is removed.
+    pub fn finish(mut self) -> Result<(BackupWriter, Written), SinkError> {
+        match self.check_manifest() {
+            Ok(()) => Ok((self.writer, self.written)),
+            Err(e) => {
+                self.abandon();
+                Err(e)
+            }
+        }
+    }
+
+    fn check_manifest(&mut self) -> Result<(), SinkError> {
         if self.current.is_some() {
             return Err(SinkError::Protocol(
                 "the backup ended inside an archive".into(),
             ));
         }
-        if !self.manifest.is_empty() {
-            let mut file = self.writer.create_file("backup_manifest")?;
-            file.write_all(&self.manifest)
-                .map_err(|source| write_error("backup_manifest", source))?;
-            if verify {
-                let manifest = Manifest::parse(&self.manifest)?;
-                let mismatches: Vec<Mismatch> = compare(&manifest, std::mem::take(&mut self.files));
-                if let Some(first) = mismatches.first() {
-                    return Err(SinkError::Mismatch {
-                        count: mismatches.len(),
-                        first: first.to_string(),
-                    });
-                }
-                self.written.manifest_files = manifest.files().len();
-            }
+        if self.manifest.is_empty() {
+            return Ok(());
         }
-        Ok((self.writer, self.written))
+        let mut file = self.writer.create_file("backup_manifest")?;
+        file.write_all(&self.manifest)
+            .map_err(|source| write_error("backup_manifest", source))?;
+        let manifest = Manifest::parse(&self.manifest)?;
+        let mismatches: Vec<Mismatch> = compare(&manifest, std::mem::take(&mut self.files));
+        if let Some(first) = mismatches.first() {
+            return Err(SinkError::Mismatch {
+                count: mismatches.len(),
+                first: first.to_string(),
+            });
+        }
+        self.written.manifest_files = manifest.files().len();
+        Ok(())
     }
 
     /// Gives up: the partial backup directory is removed.

@@ -209,10 +209,7 @@ enum Job {
     Data(Vec<Bytes>),
     End,
     Manifest(Bytes),
-    Finish(
-        bool,
-        oneshot::Sender<Result<(BackupWriter, Written), SinkError>>,
-    ),
+    Finish(oneshot::Sender<Result<(BackupWriter, Written), SinkError>>),
 }
 
 /// Takes a base backup. `shutdown` turning true stops it; nothing complete-looking is left.
@@ -282,12 +279,15 @@ pub async fn take_backup(
         Ok(positions) => positions,
         Err(e) => {
             drop(jobs);
-            abandon(sink_thread).await;
-            return Err(e);
+            // When the sink stopped first, its error is the cause.
+            return Err(match abandon(sink_thread).await {
+                Some(sink_error) => sink_error.into(),
+                None => e,
+            });
         }
     };
     let (done_tx, done_rx) = oneshot::channel();
-    let sent = jobs.send(Job::Finish(true, done_tx)).await;
+    let sent = jobs.send(Job::Finish(done_tx)).await;
     drop(jobs);
     let finished = match (sent, done_rx.await) {
         (Ok(()), Ok(result)) => result,
@@ -300,7 +300,7 @@ pub async fn take_backup(
     let (writer, written) = match finished {
         Ok(done) => done,
         Err(e) => {
-            abandon(sink_thread).await;
+            let _ = sink_thread.await;
             return Err(e.into());
         }
     };
@@ -424,7 +424,6 @@ async fn stream_backup(
                 send(Job::Begin(name, tablespace_location)).await
             }
             BackupEvent::ArchiveData(data) => {
-                progress.data(data.len());
                 pending_bytes += data.len();
                 pending.push(data);
                 if pending_bytes >= DATA_BATCH {
@@ -473,8 +472,8 @@ fn run_sink(mut sink: Sink, mut rx: mpsc::Receiver<Job>) -> Result<(), SinkError
                 sink.manifest_data(&data);
                 Ok(())
             }
-            Job::Finish(verify, reply) => {
-                let _ = reply.send(sink.finish(verify));
+            Job::Finish(reply) => {
+                let _ = reply.send(sink.finish());
                 return Ok(());
             }
         };
@@ -487,7 +486,8 @@ fn run_sink(mut sink: Sink, mut rx: mpsc::Receiver<Job>) -> Result<(), SinkError
     Ok(())
 }
 
-/// Waits for the sink thread after a failure and removes the partial backup.
+/// Waits for the sink thread after a failure (it removes the partial backup); the error it
+/// stopped with, if any.
 async fn abandon(sink_thread: tokio::task::JoinHandle<Result<(), SinkError>>) -> Option<SinkError> {
     match sink_thread.await {
         Ok(Err(e)) => Some(e),
@@ -656,7 +656,6 @@ fn decode_bytea_hex(text: &str) -> Option<Vec<u8>> {
 /// A progress bar on a terminal; one log line per archive otherwise.
 struct Progress {
     bar: Option<indicatif::ProgressBar>,
-    received: u64,
     /// Archives get `.zst` appended as they are stored.
     client_zstd: bool,
 }
@@ -673,11 +672,7 @@ impl Progress {
             );
             bar
         });
-        Progress {
-            bar,
-            received: 0,
-            client_zstd,
-        }
+        Progress { bar, client_zstd }
     }
 
     fn set_total(&mut self, tablespaces: &[TablespaceInfo]) {
@@ -697,10 +692,6 @@ impl Progress {
             Some(bar) => bar.set_message(stored),
             None => println!("receiving archive {stored}"),
         }
-    }
-
-    fn data(&mut self, bytes: usize) {
-        self.received += bytes as u64;
     }
 
     fn done(&mut self, bytes: u64) {

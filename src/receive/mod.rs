@@ -57,8 +57,6 @@ pub enum StopAt {
 #[derive(Debug, thiserror::Error)]
 pub enum ReceiveError {
     #[error("{0}")]
-    Config(String),
-    #[error("{0}")]
     Store(#[from] StoreError),
     #[error("{0}")]
     Pg(#[from] pg::Error),
@@ -94,7 +92,6 @@ impl ReceiveError {
     pub fn exit_code(&self) -> u8 {
         use crate::exit;
         match self {
-            ReceiveError::Config(_) => exit::USAGE,
             ReceiveError::Store(e) if e.is_config() => exit::USAGE,
             ReceiveError::Pg(e) if e.is_config() => exit::USAGE,
             ReceiveError::Pg(_) | ReceiveError::Refused(_) => exit::CONNECTION,

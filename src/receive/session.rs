@@ -421,7 +421,7 @@ impl<'a> Receiver<'a> {
                         return Err(self.writer.failure().await);
                     }
                     let flushed = durable.borrow_and_update().flushed;
-                    send_status(conn, received, flushed, false).await?;
+                    send_status(conn, received, flushed).await?;
                     if self.target.is_some_and(|target| flushed >= target) {
                         self.flush_batch(&mut batch).await?;
                         self.stop(conn, received).await?;
@@ -434,7 +434,7 @@ impl<'a> Receiver<'a> {
                         self.writer.send(Command::Sync).await?;
                     }
                     let flushed = durable.borrow().flushed;
-                    send_status(conn, received, flushed, false).await?;
+                    send_status(conn, received, flushed).await?;
                 }
                 _ = tokio::time::sleep_until(batch.deadline()), if !batch.is_empty() => {
                     self.flush_batch(&mut batch).await?;
@@ -458,7 +458,7 @@ impl<'a> Receiver<'a> {
                                     // when the flush lands) lets a shutting-down server finish.
                                     self.flush_batch(&mut batch).await?;
                                     let flushed = durable.borrow().flushed;
-                                    send_status(conn, received, flushed, false).await?;
+                                    send_status(conn, received, flushed).await?;
                                     if !self.options.synchronous {
                                         self.writer.send(Command::Sync).await?;
                                     }
@@ -506,7 +506,7 @@ impl<'a> Receiver<'a> {
     /// Stops streaming on our side: everything durable, reported, then CopyDone.
     async fn stop(&mut self, conn: &mut Connection, received: Lsn) -> Result<(), ReceiveError> {
         let flushed = self.writer.end_stream().await?;
-        send_status(conn, received, flushed, false).await?;
+        send_status(conn, received, flushed).await?;
         // Be polite, but do not hang on a server that does not answer.
         let _ = tokio::time::timeout(Duration::from_secs(5), conn.stop_streaming()).await;
         Ok(())
@@ -565,14 +565,13 @@ async fn send_status(
     conn: &mut Connection,
     received: Lsn,
     flushed: Lsn,
-    reply_requested: bool,
 ) -> Result<(), ReceiveError> {
     let update = StatusUpdate {
         write: received,
         flush: flushed,
         apply: Lsn::INVALID,
         time: PgTimestamp::now(),
-        reply_requested,
+        reply_requested: false,
     };
     conn.send_status_update(&update).await?;
     Ok(())
