@@ -19,6 +19,7 @@ pub mod inspect;
 pub mod logging;
 pub mod pg;
 pub mod receive;
+pub mod restore;
 pub mod signals;
 pub mod store;
 pub mod wal;

@@ -22,7 +22,7 @@ pub enum Stored {
 }
 
 /// One archive as stored, for `backup.json`.
-#[derive(Clone, Debug, serde::Serialize)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct ArchiveRecord {
     /// The file name in the backup directory.
     pub name: String,

@@ -133,11 +133,11 @@ impl BackupError {
 }
 
 /// The outcome of a backup, as recorded in `backup.json`.
-#[derive(Clone, Debug, serde::Serialize)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct BackupRecord {
     pub id: String,
     pub label: String,
-    pub status: &'static str,
+    pub status: String,
     pub start_lsn: Lsn,
     pub start_timeline: TimelineId,
     pub stop_lsn: Lsn,
@@ -175,14 +175,14 @@ impl BackupRecord {
     }
 }
 
-#[derive(Clone, Debug, serde::Serialize)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct TablespaceRecord {
     pub oid: u32,
     pub location: String,
 }
 
 /// Whether the server's configuration files were stored under `config/`.
-#[derive(Clone, Debug, Default, serde::Serialize)]
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct ConfigCapture {
     pub captured: bool,
     /// The names of the files stored under `config/`.
@@ -192,7 +192,7 @@ pub struct ConfigCapture {
     pub reason: Option<String>,
 }
 
-#[derive(Clone, Debug, serde::Serialize)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct ConfigSource {
     pub file: String,
     pub setting: String,
@@ -326,7 +326,7 @@ pub async fn take_backup(
     let record = BackupRecord {
         id: id.clone(),
         label,
-        status: "complete",
+        status: "complete".into(),
         start_lsn: start.0,
         start_timeline: start.1,
         stop_lsn: stop.0,
