@@ -142,7 +142,7 @@ fn check_backup(
     let oid = populated.tablespace_oid;
     assert_eq!(
         json["tablespaces"],
-        serde_json::json!([{"oid": oid, "location": populated.tablespace_path}]),
+        serde_json::json!([{"oid": oid, "location": populated.tablespace_path, "name": "ts1"}]),
         "{}",
         ctx()
     );

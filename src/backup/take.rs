@@ -179,6 +179,9 @@ impl BackupRecord {
 pub struct TablespaceRecord {
     pub oid: u32,
     pub location: String,
+    /// Its name (`pg_tablespace.spcname`) when an SQL session could read it.
+    #[serde(default)]
+    pub name: Option<String>,
 }
 
 /// Whether the server's configuration files were stored under `config/`.
@@ -275,7 +278,7 @@ pub async fn take_backup(
         },
     };
     let streamed = stream_backup(&mut conn, &bb_options, &jobs, &mut shutdown, options).await;
-    let (start, stop, tablespaces) = match streamed {
+    let (start, stop, mut tablespaces) = match streamed {
         Ok(positions) => positions,
         Err(e) => {
             drop(jobs);
@@ -308,6 +311,9 @@ pub async fn take_backup(
     conn.close().await;
 
     let config_files = capture_config(&config, &writer).await;
+    if !tablespaces.is_empty() {
+        name_tablespaces(&config, &mut tablespaces).await;
+    }
     let history_files = if options.include_wal {
         Vec::new()
     } else {
@@ -411,6 +417,7 @@ async fn stream_backup(
                         Some(TablespaceRecord {
                             oid: t.oid?,
                             location: t.location?,
+                            name: None,
                         })
                     })
                     .collect();
@@ -639,6 +646,35 @@ async fn read_config_files(config: &ConnConfig) -> Result<Vec<(String, String, V
     }
     sql.close().await;
     Ok(files)
+}
+
+/// Fills in the tablespaces' names (for `walden-restore --tablespace-map NAME=DIR`); without
+/// an SQL session they stay unnamed and restore maps them by oid.
+async fn name_tablespaces(config: &ConnConfig, tablespaces: &mut [TablespaceRecord]) {
+    let names = async {
+        let mut sql = Connection::connect(&sql_config(config), SessionKind::Sql).await?;
+        let results = sql
+            .simple_query("SELECT oid, spcname FROM pg_tablespace")
+            .await?;
+        sql.close().await;
+        Ok::<_, pg::Error>(results)
+    }
+    .await;
+    let results = match names {
+        Ok(results) => results,
+        Err(e) => {
+            tracing::warn!("cannot read the tablespaces' names ({e}); restore maps them by oid");
+            return;
+        }
+    };
+    for row in results.iter().flat_map(|r| r.rows.iter()) {
+        let (Ok(oid), Ok(name)) = (row.required::<u32>(0), row.required::<String>(1)) else {
+            continue;
+        };
+        if let Some(t) = tablespaces.iter_mut().find(|t| t.oid == oid) {
+            t.name = Some(name);
+        }
+    }
 }
 
 /// `\x0a0b…` (bytea's hex output) to bytes.
