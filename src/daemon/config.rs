@@ -294,6 +294,28 @@ pub fn parse(text: &str, file: &Path) -> Result<Config, ConfigError> {
         .iter()
         .map(|(name, c)| cx.cluster(name, c))
         .collect::<Result<Vec<_>, _>>()?;
+    for (i, c) in clusters.iter().enumerate() {
+        if let Some(first) = clusters[..i]
+            .iter()
+            .find(|o| o.slot == c.slot && o.conn.targets == c.conn.targets)
+        {
+            let span = raw
+                .cluster
+                .keys()
+                .find(|k| k.get_ref() == c.name.as_str())
+                .map_or(0..0, Spanned::span);
+            return Err(cx.error(
+                span,
+                format!(
+                    "clusters {:?} and {:?} both stream from slot {:?} of the same server",
+                    first.name.as_str(),
+                    c.name.as_str(),
+                    c.slot.as_str()
+                ),
+                "a slot serves one receiver: give one of them another slot",
+            ));
+        }
+    }
     Ok(Config {
         file: file.to_path_buf(),
         store,
@@ -388,6 +410,14 @@ impl Context<'_> {
                 s.span(),
                 format!("{key}: {} is not a file", path.display()),
                 "name a regular file",
+            ));
+        }
+        // Opened, not read: a file walden's user cannot read is found now, not at 3 a.m.
+        if let Err(e) = fs::File::open(&path) {
+            return Err(self.error(
+                s.span(),
+                format!("{key}: cannot read {}: {e}", path.display()),
+                "let the user walden runs as read it",
             ));
         }
         if secret && meta.permissions().mode() & 0o044 != 0 {
@@ -1151,6 +1181,25 @@ retention.recovery_window = "14d"
         assert!(
             msg.contains("status.receiver_down_after: invalid duration"),
             "{msg}"
+        );
+    }
+
+    #[test]
+    fn two_clusters_cannot_share_a_slot_on_one_server() {
+        let (line, msg) = err(
+            "store = \"/s\"\n[cluster.a]\nsource = \"host=db1 user=x\"\n\
+                               [cluster.b]\nsource = \"host=db1 user=y\"\n",
+        );
+        assert_eq!(line, 4, "{msg}");
+        assert!(
+            msg.contains("clusters \"a\" and \"b\" both stream from slot \"walden\""),
+            "{msg}"
+        );
+        // Another slot, or another server: fine.
+        ok(
+            "store = \"/s\"\n[cluster.a]\nsource = \"host=db1\"\nbackup.every = \"1h\"\n\
+            [cluster.b]\nsource = \"host=db1\"\nslot = \"walden_b\"\nbackup.every = \"1h\"\n\
+            [cluster.c]\nsource = \"host=db2\"\nbackup.every = \"1h\"\n",
         );
     }
 
