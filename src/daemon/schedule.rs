@@ -49,14 +49,6 @@ impl TimeOfDay {
     pub fn new(hour: u8, minute: u8) -> Option<Self> {
         (hour < 24 && minute < 60).then_some(TimeOfDay { hour, minute })
     }
-
-    pub fn hour(self) -> u8 {
-        self.hour
-    }
-
-    pub fn minute(self) -> u8 {
-        self.minute
-    }
 }
 
 impl FromStr for TimeOfDay {
