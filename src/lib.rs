@@ -8,11 +8,13 @@
 //! - [`inspect`] reports what a store holds and whether it is intact (`list`, `verify`).
 //! - [`receive`] composes them into `walden receive`: the WAL receiver.
 //! - [`backup`] checks base-backup tar archives against their `backup_manifest` (no I/O).
+//! - [`daemon`] reads `walden run`'s configuration file and computes backup schedules.
 //! - [`exit`], [`logging`] and [`signals`] are shared by the two binaries.
 //!
 //! The binaries in `src/bin/` only parse arguments and call into this library.
 
 pub mod backup;
+pub mod daemon;
 pub mod exit;
 pub mod identify;
 pub mod inspect;

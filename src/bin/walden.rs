@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use walden::backup::{BackupCompression, BackupOptions};
+use walden::daemon::config;
 use walden::exit;
 use walden::logging::{self, LogFormat};
 use walden::pg::SlotName;
@@ -49,6 +50,12 @@ enum Command {
     List(StoreArgs),
     /// Re-check everything the store holds for a cluster; exit 4 if anything is wrong.
     Verify(StoreArgs),
+    /// Validate the daemon's configuration file and print what it says; exit 2 if invalid.
+    CheckConfig {
+        /// The configuration file.
+        #[arg(long, value_name = "FILE", default_value = config::DEFAULT_PATH)]
+        config: PathBuf,
+    },
 }
 
 /// The server and the store a command works between.
@@ -170,6 +177,7 @@ fn main() -> ExitCode {
             Command::Backup(args) => backup(args).await,
             Command::List(args) => list(&args),
             Command::Verify(args) => verify(&args),
+            Command::CheckConfig { config } => check_config(&config),
         }
     });
     ExitCode::from(code)
@@ -254,6 +262,19 @@ fn verify(args: &StoreArgs) -> u8 {
             }
         }
         Err(e) => store_error(&e),
+    }
+}
+
+fn check_config(path: &std::path::Path) -> u8 {
+    match config::load(path) {
+        Ok(config) => {
+            print!("{}", config.summary());
+            exit::OK
+        }
+        Err(e) => {
+            eprintln!("walden: error: {e}");
+            exit::USAGE
+        }
     }
 }
 
