@@ -72,8 +72,8 @@ pub use error::{Result, StoreError};
 pub use layout::{ClusterInfo, ClusterName, FORMAT, Gap, ServerIdentity, major_version};
 pub use reader::{ClusterReader, StoredSegment, WalArchive};
 pub use retention::{
-    BackupEntry, KeepReason, Plan, PruneReport, RetentionError, RetentionPolicy, WalDeleted, plan,
-    prune,
+    BackupEntry, KeepReason, Plan, PruneReport, RetentionError, RetentionPolicy, WalDeleted,
+    plan_retention, prune,
 };
 pub use segment::{Compression, SegmentWriter};
 pub use writer::{ClusterWriter, bind_cluster};

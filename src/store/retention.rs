@@ -1,6 +1,6 @@
 //! Retention (`walden prune`): which backups and WAL a policy lets go, and deleting them.
 //!
-//! [`plan`] is the decision, pure over a listing of the store. [`prune`] lists the store,
+//! [`plan_retention`] is the decision, pure over a listing of the store. [`prune`] lists the store,
 //! refuses while a backup is in progress, and deletes crash-safely: interrupted backups and
 //! old complete ones first, under `backups/lock` (each renamed to `<ID>.deleting` durably,
 //! then removed), then WAL oldest first, fsyncing each directory after its files went. It
@@ -153,7 +153,7 @@ struct Record {
 /// on every timeline; a `.partial` only if its timeline ended (a history file names it as a
 /// parent, and a newer timeline exists). History files are never part of the plan. If a kept
 /// backup's start is unknown, no WAL goes.
-pub fn plan(
+pub fn plan_retention(
     policy: &RetentionPolicy,
     now: SystemTime,
     backups: &[StoredBackup],
@@ -320,7 +320,7 @@ pub struct WalDeleted {
     pub bytes: u64,
 }
 
-/// Applies `policy` to cluster `cluster` at time `now` (see [`plan`]); with `dry_run`,
+/// Applies `policy` to cluster `cluster` at time `now` (see [`plan_retention`]); with `dry_run`,
 /// only reports. Safe beside a running receiver; refuses while a backup is in progress.
 pub fn prune(
     store_root: &Path,
@@ -355,7 +355,7 @@ pub fn prune(
         }
     }
     let wal = reader.list_wal()?;
-    let mut plan = plan(policy, now, &listing, &wal, &histories, seg_size)?;
+    let mut plan = plan_retention(policy, now, &listing, &wal, &histories, seg_size)?;
     for b in &mut plan.delete_backups {
         b.bytes = Some(tree_size(&b.path)?);
     }
@@ -474,10 +474,10 @@ impl PruneReport {
     /// The human-readable form.
     pub fn to_text(&self) -> String {
         let mut out = String::new();
-        let (delete, deleted, remove) = if self.dry_run {
-            ("would delete", "would delete", "would remove")
+        let (delete, remove) = if self.dry_run {
+            ("would delete", "would remove")
         } else {
-            ("deleted", "deleted", "removed")
+            ("deleted", "removed")
         };
         let dash = |s: &Option<String>| s.clone().unwrap_or_else(|| "-".to_string());
         for b in &self.deleted_backups {
@@ -508,7 +508,7 @@ impl PruneReport {
             (Some(first), Some(last)) => {
                 let _ = writeln!(
                     out,
-                    "{deleted} WAL {first} .. {last} ({} file{}, {} MB)",
+                    "{delete} WAL {first} .. {last} ({} file{}, {} MB)",
                     self.deleted_wal.count,
                     if self.deleted_wal.count == 1 { "" } else { "s" },
                     self.deleted_wal.bytes >> 20

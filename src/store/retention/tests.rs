@@ -266,7 +266,8 @@ fn recovery_window_keeps_the_backup_that_reaches_its_start() {
         .unwrap()
         .list_wal()
         .unwrap();
-    let decide = |policy: RetentionPolicy| plan(&policy, now, &complete, &wal, &[], seg_size());
+    let decide =
+        |policy: RetentionPolicy| plan_retention(&policy, now, &complete, &wal, &[], seg_size());
 
     // A window of 2.5 days starts at day 1.5: backup 1 (ended day 1) reaches it, 2 and 3
     // ended within it; backup 0 goes, and the WAL before backup 1's start.
@@ -300,7 +301,7 @@ fn recovery_window_keeps_the_backup_that_reaches_its_start() {
     assert_eq!(p.wal_cutoff, Some(SegNo(250)));
     assert_eq!(p.delete_wal.len(), 2);
     // So does a window reaching before the epoch.
-    let p = plan(&window(u64::MAX / 4), now, &complete, &wal, &[], seg_size()).unwrap();
+    let p = plan_retention(&window(u64::MAX / 4), now, &complete, &wal, &[], seg_size()).unwrap();
     assert!(p.delete_backups.is_empty());
 
     // A short window that starts after the newest backup ended: only the newest, which
@@ -315,7 +316,7 @@ fn recovery_window_keeps_the_backup_that_reaches_its_start() {
     assert_eq!(p.wal_cutoff, Some(SegNo(262)));
 
     // A clock behind every backup: all of them ended "within" the window.
-    let p = plan(&window(60), at(0), &complete, &wal, &[], seg_size()).unwrap();
+    let p = plan_retention(&window(60), at(0), &complete, &wal, &[], seg_size()).unwrap();
     assert!(p.delete_backups.is_empty());
 }
 
