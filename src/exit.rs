@@ -13,6 +13,9 @@ pub const USAGE: u8 = 2;
 pub const CONNECTION: u8 = 3;
 /// Any other failure.
 pub const FAILURE: u8 = 4;
+/// The store is busy with something that must finish first (`prune` while a backup is in
+/// progress): nothing was changed; run the same command again later.
+pub const BUSY: u8 = 5;
 
 /// The exit code for a client error.
 pub fn for_pg_error(e: &crate::pg::Error) -> u8 {

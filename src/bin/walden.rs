@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use clap::{Parser, Subcommand};
 use walden::backup::{BackupCompression, BackupOptions};
@@ -11,7 +11,7 @@ use walden::exit;
 use walden::logging::{self, LogFormat};
 use walden::pg::SlotName;
 use walden::receive::{ReceiveOptions, StopAt};
-use walden::store::{ClusterName, Compression};
+use walden::store::{ClusterName, Compression, RetentionPolicy};
 use walden::wal::Lsn;
 
 #[derive(Parser)]
@@ -50,6 +50,8 @@ enum Command {
     List(StoreArgs),
     /// Re-check everything the store holds for a cluster; exit 4 if anything is wrong.
     Verify(StoreArgs),
+    /// Delete old backups, then the WAL only they needed; exit 5 if a backup is running.
+    Prune(PruneArgs),
     /// Validate the daemon's configuration file and print what it says; exit 2 if invalid.
     CheckConfig {
         /// The configuration file.
@@ -130,6 +132,21 @@ struct StoreArgs {
 }
 
 #[derive(clap::Args)]
+struct PruneArgs {
+    #[command(flatten)]
+    target: StoreArgs,
+    /// Keep the newest N complete backups.
+    #[arg(long, value_name = "N")]
+    keep_backups: Option<usize>,
+    /// Keep every backup needed to restore to any point of the last DURATION (e.g. 14d, 36h).
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    recovery_window: Option<Duration>,
+    /// Only print what would be deleted.
+    #[arg(long)]
+    dry_run: bool,
+}
+
+#[derive(clap::Args)]
 struct ReceiveArgs {
     #[command(flatten)]
     target: ServerAndStore,
@@ -177,6 +194,7 @@ fn main() -> ExitCode {
             Command::Backup(args) => backup(args).await,
             Command::List(args) => list(&args),
             Command::Verify(args) => verify(&args),
+            Command::Prune(args) => prune(&args),
             Command::CheckConfig { config } => check_config(&config),
         }
     });
@@ -274,6 +292,34 @@ fn check_config(path: &std::path::Path) -> u8 {
         Err(e) => {
             eprintln!("walden: error: {e}");
             exit::USAGE
+        }
+    }
+}
+
+fn prune(args: &PruneArgs) -> u8 {
+    let policy = RetentionPolicy {
+        keep_backups: args.keep_backups,
+        recovery_window: args.recovery_window,
+    };
+    let store = &args.target;
+    match walden::store::prune(
+        &store.store,
+        &store.cluster,
+        &policy,
+        args.dry_run,
+        SystemTime::now(),
+    ) {
+        Ok(report) => {
+            if store.json {
+                println!("{}", json(&report));
+            } else {
+                print!("{}", report.to_text());
+            }
+            exit::OK
+        }
+        Err(e) => {
+            eprintln!("walden: error: {e}");
+            e.exit_code()
         }
     }
 }

@@ -4,7 +4,10 @@
 //! Every change to an entry of `backups/` (creating a `.partial`, renaming it into place,
 //! removing one) happens under a short `flock` on `backups/lock`, so two backups starting at
 //! once never race. A running backup holds a `flock` on `<ID>.partial/lock` for its whole
-//! life; a `.partial` whose lock is free was interrupted.
+//! life; a `.partial` whose lock is free was interrupted. A complete backup is deleted by
+//! renaming `<ID>` to `<ID>.deleting` durably, then removing that tree: a crash never leaves
+//! a half-deleted directory under a complete backup's name, and a `.deleting` left by one is
+//! ignored by listings and removed by the next backup or prune.
 
 use std::fmt;
 use std::fs::{self, File, OpenOptions, TryLockError};
@@ -24,6 +27,18 @@ use super::layout::{ClusterName, ClusterPaths, is_temp_name};
 const LOCK: &str = "lock";
 const BACKUP_JSON: &str = "backup.json";
 const PARTIAL: &str = ".partial";
+const DELETING: &str = ".deleting";
+
+/// What a backup directory's name says about it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum EntryKind {
+    /// `<ID>`: complete.
+    Complete,
+    /// `<ID>.partial`: being taken, or interrupted.
+    Partial,
+    /// `<ID>.deleting`: being deleted, or left by a crash while it was.
+    Deleting,
+}
 
 /// A backup's id: its UTC start time, `20261122T193000Z`, with `-2`, `-3`... when a backup
 /// with that time exists already. Ordered by time, then by that number.
@@ -263,7 +278,12 @@ pub struct StoredBackup {
 /// `.partial` of the same id). Unknown entries of `backups/` are ignored with a warning.
 pub fn list_backups(store_root: &Path, name: &ClusterName) -> Result<Vec<StoredBackup>> {
     let mut out = Vec::new();
-    for (id, path, partial) in entries(&ClusterPaths::new(store_root, name).backups())? {
+    for (id, path, kind) in entries(&ClusterPaths::new(store_root, name).backups())? {
+        let partial = match kind {
+            EntryKind::Complete => false,
+            EntryKind::Partial => true,
+            EntryKind::Deleting => continue,
+        };
         let in_progress = partial && is_running(&path)?;
         let json = fs::read(path.join(BACKUP_JSON))
             .ok()
@@ -282,8 +302,8 @@ pub fn list_backups(store_root: &Path, name: &ClusterName) -> Result<Vec<StoredB
 
 /// Whether a backup of cluster `name` is being taken now.
 pub fn backup_in_progress(store_root: &Path, name: &ClusterName) -> Result<bool> {
-    for (_, path, partial) in entries(&ClusterPaths::new(store_root, name).backups())? {
-        if partial && is_running(&path)? {
+    for (_, path, kind) in entries(&ClusterPaths::new(store_root, name).backups())? {
+        if kind == EntryKind::Partial && is_running(&path)? {
             return Ok(true);
         }
     }
@@ -294,9 +314,8 @@ fn partial_dir(backups: &Path, id: BackupId) -> PathBuf {
     backups.join(format!("{id}{PARTIAL}"))
 }
 
-/// The backup directories in `backups/` (none if it does not exist): id, path, and whether
-/// it is a `.partial`.
-fn entries(backups: &Path) -> Result<Vec<(BackupId, PathBuf, bool)>> {
+/// The backup directories in `backups/` (none if it does not exist): id, path and kind.
+fn entries(backups: &Path) -> Result<Vec<(BackupId, PathBuf, EntryKind)>> {
     let list = match fs::read_dir(backups) {
         Ok(list) => list,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
@@ -311,14 +330,15 @@ fn entries(backups: &Path) -> Result<Vec<(BackupId, PathBuf, bool)>> {
         if name == LOCK {
             continue;
         }
-        let (id, partial) = match name.strip_suffix(PARTIAL) {
-            Some(base) => (BackupId::parse(base), true),
-            None => (BackupId::parse(name), false),
+        let (id, kind) = if let Some(base) = name.strip_suffix(PARTIAL) {
+            (BackupId::parse(base), EntryKind::Partial)
+        } else if let Some(base) = name.strip_suffix(DELETING) {
+            (BackupId::parse(base), EntryKind::Deleting)
+        } else {
+            (BackupId::parse(name), EntryKind::Complete)
         };
         match id {
-            Some(id) if entry.file_type().is_ok_and(|t| t.is_dir()) => {
-                out.push((id, path, partial))
-            }
+            Some(id) if entry.file_type().is_ok_and(|t| t.is_dir()) => out.push((id, path, kind)),
             _ => {
                 tracing::warn!(path = %path.display(), "ignoring an unknown entry in the backups directory")
             }
@@ -343,8 +363,9 @@ fn is_running(dir: &Path) -> Result<bool> {
     }
 }
 
-/// Takes `backups/lock`, waiting for it: held for the moment an entry of `backups/` changes.
-fn lock_backups(backups: &Path) -> Result<File> {
+/// Takes `backups/lock` (`backups/` must exist), waiting for it: held while an entry of
+/// `backups/` changes. Released when the returned file is dropped.
+pub(crate) fn lock_backups(backups: &Path) -> Result<File> {
     let path = backups.join(LOCK);
     let file = OpenOptions::new()
         .write(true)
@@ -356,15 +377,55 @@ fn lock_backups(backups: &Path) -> Result<File> {
     Ok(file)
 }
 
-/// Removes the `.partial` directories whose writer is gone. The caller holds `backups/lock`.
-fn remove_interrupted(backups: &Path) -> Result<()> {
-    for (id, path, partial) in entries(backups)? {
-        if partial && !is_running(&path)? {
-            durable::remove_dir_all_durable(&path)?;
-            tracing::warn!(path = %path.display(), "removed the interrupted backup {id}");
+/// Removes the `.partial` directories whose writer is gone and the `.deleting` ones a crash
+/// left, returning their paths. The caller holds `backups/lock`.
+pub(crate) fn remove_interrupted(backups: &Path) -> Result<Vec<PathBuf>> {
+    let mut removed = Vec::new();
+    for (path, id, kind) in interrupted(backups)? {
+        durable::remove_dir_all_durable(&path)?;
+        match kind {
+            EntryKind::Deleting => {
+                tracing::warn!(path = %path.display(), "finished deleting backup {id}")
+            }
+            _ => tracing::warn!(path = %path.display(), "removed the interrupted backup {id}"),
+        }
+        removed.push(path);
+    }
+    Ok(removed)
+}
+
+/// The paths [`remove_interrupted`] would remove now.
+pub(crate) fn interrupted_dirs(backups: &Path) -> Result<Vec<PathBuf>> {
+    Ok(interrupted(backups)?
+        .into_iter()
+        .map(|(path, _, _)| path)
+        .collect())
+}
+
+/// The `.partial` directories whose writer is gone and the `.deleting` ones.
+fn interrupted(backups: &Path) -> Result<Vec<(PathBuf, BackupId, EntryKind)>> {
+    let mut out = Vec::new();
+    for (id, path, kind) in entries(backups)? {
+        let gone = match kind {
+            EntryKind::Complete => false,
+            EntryKind::Partial => !is_running(&path)?,
+            EntryKind::Deleting => true,
+        };
+        if gone {
+            out.push((path, id, kind));
         }
     }
-    Ok(())
+    Ok(out)
+}
+
+/// Deletes the complete backup `id`: renames `<ID>` to `<ID>.deleting` durably, then removes
+/// that tree. The caller holds `backups/lock` (and has removed any older `.deleting` of the
+/// same id with [`remove_interrupted`]).
+pub(crate) fn delete_backup(backups: &Path, id: BackupId) -> Result<()> {
+    let dir = backups.join(id.to_string());
+    let deleting = backups.join(format!("{id}{DELETING}"));
+    durable::rename_synced(&dir, &deleting)?;
+    durable::remove_dir_all_durable(&deleting)
 }
 
 /// Accepts a relative path of plain names that are not the store's own files.

@@ -1,5 +1,5 @@
 //! The on-disk store: its layout, atomic and durable writes, the per-cluster lock, segment
-//! compression, base backups, and listing and lookup for readers.
+//! compression, base backups, listing and lookup for readers, and retention.
 //!
 //! # Layout
 //! ```text
@@ -17,6 +17,9 @@
 //! STORE/<cluster>/backups/<ID>.partial/   a backup being taken; its writer flocks
 //!                                <ID>.partial/lock. One whose lock is free was interrupted
 //!                                and is removed when the next backup begins.
+//! STORE/<cluster>/backups/<ID>.deleting/  a backup being deleted by retention (or left by a
+//!                                crash while it was): never listed, removed by the next
+//!                                backup or prune.
 //! ```
 //! Names are PostgreSQL's, so an administrator can copy files by hand. A cluster name is 1 to
 //! 64 characters of `A-Za-z0-9_.-` not starting with `.` (default `main`). A backup `<ID>` is
@@ -39,6 +42,8 @@
 //! - A backup is written into `<ID>.partial/`. To commit it, every file and directory in it
 //!   is fsynced, `backup.json` is written atomically, its `lock` removed and the directory
 //!   renamed to `<ID>`. So a backup directory with a final name is whole and durable.
+//! - A complete backup is deleted by renaming it to `<ID>.deleting` (durably) before removing
+//!   the tree; WAL is deleted oldest first, each directory fsynced after its files went.
 //! - A completed name is never rewritten with different bytes ([`StoreError::Conflict`]).
 //! - A store belongs to one system identifier, segment size and major version per cluster.
 //! - One writer per cluster, by `flock` on `lock` (advisory; not reliable on NFS). Backups
@@ -52,6 +57,7 @@ pub mod durable;
 mod error;
 mod layout;
 mod reader;
+mod retention;
 mod segment;
 mod writer;
 
@@ -65,6 +71,10 @@ pub use coverage::{history_file_names, wal_covered};
 pub use error::{Result, StoreError};
 pub use layout::{ClusterInfo, ClusterName, FORMAT, Gap, ServerIdentity, major_version};
 pub use reader::{ClusterReader, StoredSegment, WalArchive};
+pub use retention::{
+    BackupEntry, KeepReason, Plan, PruneReport, RetentionError, RetentionPolicy, WalDeleted,
+    plan_retention, prune,
+};
 pub use segment::{Compression, SegmentWriter};
 pub use writer::{ClusterWriter, bind_cluster};
 

@@ -94,14 +94,20 @@ impl ClusterReader {
         }
     }
 
-    /// The segments in one `wal/<16 hex digits>/` directory.
+    /// The segments in one `wal/<16 hex digits>/` directory. Retention may remove old
+    /// segments and their emptied directory while we list: what vanished is left out.
     fn scan_segment_dir(
         &self,
         dir: &Path,
         prefix: &str,
         out: &mut Vec<StoredSegment>,
     ) -> Result<()> {
-        for entry in read_dir(dir)? {
+        let list = match fs::read_dir(dir) {
+            Ok(list) => list,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(StoreError::io("list", dir, e)),
+        };
+        for entry in list {
             let entry = entry.map_err(|e| StoreError::io("list", dir, e))?;
             let file_name = entry.file_name();
             let Some(name) = file_name.to_str() else {
@@ -127,9 +133,11 @@ impl ClusterReader {
                 }
             };
             let path = entry.path();
-            let meta = entry
-                .metadata()
-                .map_err(|e| StoreError::io("look at", &path, e))?;
+            let meta = match entry.metadata() {
+                Ok(meta) => meta,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(StoreError::io("look at", &path, e)),
+            };
             if !meta.is_file() {
                 tracing::warn!(path = %path.display(), "ignoring something that is not a file");
                 continue;
