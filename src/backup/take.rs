@@ -179,6 +179,9 @@ impl BackupRecord {
 pub struct TablespaceRecord {
     pub oid: u32,
     pub location: String,
+    /// The tablespace's name (`pg_tablespace.spcname`), when it was recorded.
+    #[serde(default)]
+    pub name: Option<String>,
 }
 
 /// Whether the server's configuration files were stored under `config/`.
@@ -411,6 +414,7 @@ async fn stream_backup(
                         Some(TablespaceRecord {
                             oid: t.oid?,
                             location: t.location?,
+                            name: None,
                         })
                     })
                     .collect();
