@@ -234,6 +234,10 @@ pub enum ExtractError {
     },
     #[error("owner {spec:?}: {reason}")]
     Owner { spec: String, reason: String },
+    #[error(
+        "the data directory would belong to root (the owner of {dir}), and PostgreSQL refuses to run as root: give --owner USER[:GROUP], e.g. --owner postgres"
+    )]
+    RootOwner { dir: PathBuf },
     #[error("backup {id}: {reason}; the backup record is inconsistent")]
     Record { id: String, reason: String },
     #[error("{0}")]
@@ -356,20 +360,13 @@ pub fn resolve_owner(spec: Option<&str>, pgdata: &Path) -> Result<Option<Owner>,
         }
         None => {
             let (dir, meta) = nearest_existing(pgdata)?;
-            let owner = Owner {
+            if meta.uid() == 0 {
+                return Err(ExtractError::RootOwner { dir });
+            }
+            Owner {
                 uid: meta.uid(),
                 gid: meta.gid(),
-            };
-            if owner.uid == 0 {
-                return Err(ExtractError::Owner {
-                    spec: String::new(),
-                    reason: format!(
-                        "the data directory would belong to root (the owner of {}), and PostgreSQL refuses to run as root: give --owner USER[:GROUP], e.g. --owner postgres",
-                        dir.display()
-                    ),
-                });
             }
-            owner
         }
     };
     if owner.uid == 0 {
@@ -381,11 +378,14 @@ pub fn resolve_owner(spec: Option<&str>, pgdata: &Path) -> Result<Option<Owner>,
     Ok(Some(owner))
 }
 
-/// `path` or its nearest ancestor that exists, with its metadata.
+/// `path` or its nearest ancestor that exists, with its metadata. An empty `path` owned by
+/// root says nothing about who runs the server (an earlier failed restore may have made it):
+/// its parent decides then.
 fn nearest_existing(path: &Path) -> Result<(PathBuf, fs::Metadata), ExtractError> {
     let absolute = std::path::absolute(path).map_err(|e| ExtractError::io("look at", path, e))?;
     for dir in absolute.ancestors() {
         match fs::metadata(dir) {
+            Ok(m) if dir == absolute && m.is_dir() && m.uid() == 0 && is_empty_dir(dir)? => {}
             Ok(m) => return Ok((dir.to_path_buf(), m)),
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => return Err(ExtractError::io("look at", dir, e)),
@@ -1953,10 +1953,17 @@ mod tests {
             "the parent's owner"
         );
         let err = resolve_owner(None, tmp.path()).unwrap_err();
-        assert!(
-            err.to_string().contains("--owner"),
-            "a root-owned directory: {err}"
-        );
+        assert!(matches!(err, ExtractError::RootOwner { .. }), "{err}");
+        assert!(err.to_string().contains("--owner"), "{err}");
+        // An empty data directory left by root (a failed run) defers to its parent.
+        fs::create_dir(&pgdata).unwrap();
+        assert_eq!(resolve_owner(None, &pgdata).unwrap(), owner);
+        fs::write(pgdata.join("f"), b"x").unwrap();
+        assert!(matches!(
+            resolve_owner(None, &pgdata),
+            Err(ExtractError::RootOwner { .. })
+        ));
+        fs::remove_file(pgdata.join("f")).unwrap();
         assert!(resolve_owner(Some("root"), &pgdata).is_err());
 
         prepare_pgdata(&pgdata, false).unwrap();
