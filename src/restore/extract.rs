@@ -245,6 +245,23 @@ pub enum ExtractError {
 }
 
 impl ExtractError {
+    /// Refusals the user fixes by changing the command or the target directories are usage
+    /// errors; everything else (damaged backup, disk, I/O) is a failure.
+    pub fn exit_code(&self) -> u8 {
+        use crate::exit;
+        match self {
+            ExtractError::NotEmpty { .. }
+            | ExtractError::NotADirectory { .. }
+            | ExtractError::ServerRunning { .. }
+            | ExtractError::TablespaceNotEmpty { .. }
+            | ExtractError::TablespaceInPgdata { .. }
+            | ExtractError::Mapping(_)
+            | ExtractError::Owner { .. }
+            | ExtractError::RootOwner { .. } => exit::USAGE,
+            _ => exit::FAILURE,
+        }
+    }
+
     /// Wraps an I/O error with what was being done, turning "no space" and "permission
     /// denied" into their own variants.
     fn io(action: &'static str, path: &Path, source: io::Error) -> ExtractError {
@@ -1615,6 +1632,7 @@ mod tests {
         let (_t, r) = extract_members_raw("base.tar.zst", z[..z.len() / 2].to_vec());
         let err = r.unwrap_err();
         assert!(matches!(err, ExtractError::Corrupt { .. }), "{err:?}");
+        assert_eq!(err.exit_code(), crate::exit::FAILURE);
         assert!(
             err.to_string()
                 .starts_with("base.tar.zst is corrupt or truncated")
@@ -1771,6 +1789,7 @@ mod tests {
             matches!(err, ExtractError::TablespaceNotEmpty { oid: 16384, .. }),
             "{err}"
         );
+        assert_eq!(err.exit_code(), crate::exit::USAGE);
         assert!(err.to_string().contains("--tablespace-map 16384=DIR"));
         assert_eq!(fs::read_dir(&pgdata).unwrap().count(), 0);
 
