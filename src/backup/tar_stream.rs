@@ -6,7 +6,8 @@
 //! Dialect: ustar (POSIX `ustar\0` and GNU `ustar  ` magic), octal or base-256 numbers, the
 //! ustar prefix field, PAX `x` headers (`path`, `linkpath`, `size`), PAX `g` headers (skipped),
 //! GNU `L`/`K` long names. PostgreSQL itself writes only plain ustar with names ≤ 99 bytes.
-//! Nothing here does I/O.
+//! Nothing here does I/O: an extractor gets members and file data through a
+//! [`MemberVisitor`].
 
 use std::fmt;
 use std::str::FromStr;
@@ -222,6 +223,39 @@ pub enum TarError {
     Truncated { archive: String, place: String },
 }
 
+/// What [`TarStream::feed_with`] reports while an archive passes, in archive order: for each
+/// member [`member`](MemberVisitor::member); for a regular file then its bytes in one or
+/// more [`data`](MemberVisitor::data) calls and [`file_end`](MemberVisitor::file_end) (at
+/// once for an empty file).
+pub trait MemberVisitor {
+    type Error: From<TarError>;
+    /// A member's header was read; `member` is as [`TarStream::members`] records it.
+    fn member(&mut self, member: &Member) -> Result<(), Self::Error>;
+    /// The next bytes of the current regular file.
+    fn data(&mut self, bytes: &[u8]) -> Result<(), Self::Error>;
+    /// The current regular file is complete.
+    fn file_end(&mut self) -> Result<(), Self::Error>;
+}
+
+/// The visitor of a plain [`TarStream::feed`].
+struct NoVisitor;
+
+impl MemberVisitor for NoVisitor {
+    type Error = TarError;
+
+    fn member(&mut self, _: &Member) -> Result<(), TarError> {
+        Ok(())
+    }
+
+    fn data(&mut self, _: &[u8]) -> Result<(), TarError> {
+        Ok(())
+    }
+
+    fn file_end(&mut self) -> Result<(), TarError> {
+        Ok(())
+    }
+}
+
 /// Pushes an archive through, chunk by chunk: see the module documentation.
 pub struct TarStream {
     archive: String,
@@ -385,20 +419,44 @@ impl TarStream {
     /// Takes the next chunk of the archive. After an error the stream stays failed: every
     /// later call returns the same error.
     pub fn feed(&mut self, bytes: &[u8]) -> Result<(), TarError> {
+        self.feed_with(bytes, &mut NoVisitor)
+    }
+
+    /// [`TarStream::feed`], telling `visitor` about each member and handing it each regular
+    /// file's data as it passes (for extraction). A visitor error stops the feed at once.
+    pub fn feed_with<V: MemberVisitor>(
+        &mut self,
+        bytes: &[u8],
+        visitor: &mut V,
+    ) -> Result<(), V::Error> {
         if let Some(err) = &self.failed {
-            return Err(err.clone());
+            return Err(err.clone().into());
         }
         let mut input = bytes;
         while !input.is_empty() {
+            let (members, files) = (self.members.len(), self.files.len());
+            let in_data = matches!(self.state, State::FileData { .. });
             let used = match self.step(input) {
                 Ok(used) => used,
                 Err(err) => {
                     self.failed = Some(err.clone());
-                    return Err(err);
+                    return Err(err.into());
                 }
             };
             self.offset += used as u64;
-            input = input.get(used..).unwrap_or_default();
+            let (done, rest) = input.split_at_checked(used).unwrap_or((input, &[]));
+            input = rest;
+            if in_data {
+                visitor.data(done)?;
+            }
+            if self.members.len() > members
+                && let Some(member) = self.members.last()
+            {
+                visitor.member(member)?;
+            }
+            if self.files.len() > files {
+                visitor.file_end()?;
+            }
         }
         Ok(())
     }
@@ -996,6 +1054,60 @@ pub(super) mod tests {
             },
             file("global/pg_control", &[7; 8192]),
         ])
+    }
+
+    /// Records what a visitor is told, as text.
+    #[derive(Default)]
+    struct Recorder {
+        events: Vec<String>,
+        data: Vec<u8>,
+    }
+
+    impl MemberVisitor for Recorder {
+        type Error = TarError;
+
+        fn member(&mut self, m: &Member) -> Result<(), TarError> {
+            self.events.push(format!("member {}", m.path));
+            Ok(())
+        }
+
+        fn data(&mut self, bytes: &[u8]) -> Result<(), TarError> {
+            self.data.extend_from_slice(bytes);
+            Ok(())
+        }
+
+        fn file_end(&mut self) -> Result<(), TarError> {
+            self.events.push(format!("end {}", self.data.len()));
+            self.data.clear();
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_visitor_sees_members_and_data_in_order_in_any_chunking() {
+        let bytes = sample();
+        let want = [
+            "member backup_label",
+            "end 30",
+            "member base",
+            "member base/1",
+            "member base/1/1259",
+            "end 20000",
+            "member empty",
+            "end 0",
+            "member pg_tblspc/16384",
+            "member global/pg_control",
+            "end 8192",
+        ];
+        for chunk in [1, 7, 512, 4096, bytes.len()] {
+            let mut t = TarStream::new("test.tar", "", ChecksumAlgorithm::None);
+            let mut r = Recorder::default();
+            for piece in bytes.chunks(chunk) {
+                t.feed_with(piece, &mut r).unwrap();
+            }
+            t.finish().unwrap();
+            assert_eq!(r.events, want, "chunks of {chunk}");
+        }
     }
 
     #[test]
