@@ -76,6 +76,13 @@ pub fn rename_synced(from: &Path, to: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Renames `from` to `to` with no fsync at all: atomic (a reader sees the old name or the
+/// whole new file) but not durable. Only for copies whose loss in a crash is harmless because
+/// they are made again: `wal-fetch`'s delivery into `pg_wal` (see `restore::wal_fetch`).
+pub fn rename_unsynced(from: &Path, to: &Path) -> Result<()> {
+    fs::rename(from, to).map_err(|e| StoreError::io("rename into place", to, e))
+}
+
 /// Replaces `path` with `bytes` atomically and durably: writes `<path>.tmp`, fsyncs it and
 /// renames it over `path`.
 pub fn write_file_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
