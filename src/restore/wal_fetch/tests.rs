@@ -460,6 +460,29 @@ fn prefetch_fills_the_spool_and_the_next_call_takes_from_it() {
 }
 
 #[test]
+fn a_spool_on_another_filesystem_is_copied_from() {
+    // /dev/shm is a tmpfs; the test's temporary directory is not (when it is, the rename
+    // path is taken and the test still checks delivery).
+    let Ok(shm) = tempfile::tempdir_in("/dev/shm") else {
+        return;
+    };
+    let s = Setup::new();
+    let seg8 = fixture("000000010000000000000008");
+    s.put("000000010000000000000008", "", &seg8);
+    let spool = Spool::open(&shm.path().join("spool")).unwrap();
+    let f = s.fetcher();
+    assert_eq!(f.fill_spool(&spool, TimelineId(1), SegNo(7), 1).unwrap(), 1);
+    let request = f.request("000000010000000000000008").unwrap();
+    assert_eq!(
+        f.fetch(request, &s.dest(), Some(&spool)).unwrap(),
+        Some(Delivered::Spooled)
+    );
+    assert!(fs::read(s.dest()).unwrap() == seg8);
+    assert!(spool_names(&spool).is_empty());
+    assert_eq!(s.pg_wal(), ["RECOVERYXLOG"]);
+}
+
+#[test]
 fn a_claimed_name_is_left_to_its_worker() {
     let s = Setup::new();
     s.put(
