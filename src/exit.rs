@@ -16,6 +16,11 @@ pub const FAILURE: u8 = 4;
 /// The store is busy with something that must finish first (`prune` while a backup is in
 /// progress): nothing was changed; run the same command again later.
 pub const BUSY: u8 = 5;
+/// `wal-fetch` hit a fault that must stop recovery (a corrupt or unreadable stored file, an
+/// unreadable store, another cluster's WAL, a full disk). PostgreSQL treats an exit code
+/// above 125 from `restore_command` as fatal; 1..125 would mean "not found" and end recovery
+/// early, so `wal-fetch` never uses them for a fault.
+pub const FETCH_FAULT: u8 = 255;
 
 /// The exit code for a client error.
 pub fn for_pg_error(e: &crate::pg::Error) -> u8 {

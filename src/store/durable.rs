@@ -76,6 +76,13 @@ pub fn rename_synced(from: &Path, to: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Renames `from` to `to` with no fsync at all: atomic (a reader sees the old name or the
+/// whole new file) but not durable. Only for copies whose loss in a crash is harmless because
+/// they are made again: `wal-fetch`'s delivery into `pg_wal` (see `restore::wal_fetch`).
+pub fn rename_unsynced(from: &Path, to: &Path) -> Result<()> {
+    fs::rename(from, to).map_err(|e| StoreError::io("rename into place", to, e))
+}
+
 /// Replaces `path` with `bytes` atomically and durably: writes `<path>.tmp`, fsyncs it and
 /// renames it over `path`.
 pub fn write_file_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
@@ -117,14 +124,55 @@ pub fn create_file_atomic(path: &Path, bytes: &[u8]) -> Result<bool> {
     }
 }
 
+/// [`write_file_atomic`] with the file's permission bits set to `mode` (e.g. 0o600).
+pub fn write_file_atomic_mode(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
+    let tmp = temp_path(path);
+    write_synced_mode(&tmp, bytes, Some(mode))?;
+    rename_synced(&tmp, path)
+}
+
+/// Appends `bytes` to `path` (created with permission bits `mode` if missing) and fsyncs it,
+/// and its directory when the file was created. Not atomic: a crash may leave part of
+/// `bytes` at the end of the file.
+pub fn append_file(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let existed = path.exists();
+    let mut file = OpenOptions::new()
+        .append(true)
+        .create(true)
+        .mode(mode)
+        .open(path)
+        .map_err(|e| StoreError::io("open", path, e))?;
+    file.write_all(bytes)
+        .map_err(|e| StoreError::io("append to", path, e))?;
+    sync_file(&file, path)?;
+    if !existed {
+        sync_dir(parent_of(path))?;
+    }
+    Ok(())
+}
+
 /// Writes `bytes` to `path` (created or truncated) and fsyncs it.
 fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
-    let mut file = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
+    write_synced_mode(path, bytes, None)
+}
+
+/// [`write_synced`], setting the permission bits to `mode` when given.
+fn write_synced_mode(path: &Path, bytes: &[u8], mode: Option<u32>) -> Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let mut options = OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    if let Some(mode) = mode {
+        options.mode(mode);
+    }
+    let mut file = options
         .open(path)
         .map_err(|e| StoreError::io("create", path, e))?;
+    if let Some(mode) = mode {
+        // A file left by a crash keeps its old bits: set them.
+        file.set_permissions(fs::Permissions::from_mode(mode))
+            .map_err(|e| StoreError::io("set permissions of", path, e))?;
+    }
     file.write_all(bytes)
         .map_err(|e| StoreError::io("write", path, e))?;
     sync_file(&file, path)
