@@ -508,6 +508,17 @@ pub enum PlanError {
         "no backup's WAL is all in the store yet (the newest, {id}, needs WAL up to {stop}; the store has it up to {end}): wait for `walden receive`, or restore with --backup and an older backup"
     )]
     WalNotYetStored { id: String, stop: Lsn, end: Lsn },
+    #[error(
+        "target {target} is not in the stored WAL from {from} (where the oldest usable backup begins) to its end at {end} on timeline {timeline}{why}: it is older than every backup, or not yet in the store (then wait for `walden receive`)"
+    )]
+    NotFound {
+        target: String,
+        from: Lsn,
+        end: Lsn,
+        timeline: TimelineId,
+        /// Why the WAL ends there, or empty.
+        why: String,
+    },
     #[error("cannot read WAL segment {file}: {error}")]
     Unreadable { file: String, error: String },
     #[error(transparent)]
@@ -532,12 +543,18 @@ impl PlanError {
 ///
 /// Finding a record target (time, xid, name) means reading WAL. The search starts at the
 /// newest candidate backup and walks back to older ones only when the target is not after
-/// that backup's end: recovery from a backup replays only what follows it, and the WAL
-/// between two backups is read once (each older backup's search stops where the newer one's
-/// began and reuses its result). For time targets, backups that ended after the target time
-/// (by their recorded stop time) are tried last, so a target from last week does not make
-/// the plan read a week of WAL first. A backup that carries its own WAL is searched from its
-/// end (the store need not hold what it carries).
+/// that backup's end: recovery from a backup replays only what follows it, so a target
+/// before a backup's end needs an older backup; and the WAL between two backups is read once
+/// (each older backup's search stops where the newer one's began and reuses its result).
+///
+/// For time targets the backups' recorded stop times are compared first: a backup that
+/// ended after the target time already holds transactions committed after it (recovery
+/// cannot notice those: it only sees the commits it replays), so it is not a candidate, and
+/// no WAL is read for it. The comparison uses the client's clock, to the end of the recorded
+/// second; a commit inside a backup's own WAL range after the target is found by the scan.
+///
+/// A backup that carries its own WAL is searched from its end (the store need not hold what
+/// it carries).
 pub fn make_plan(
     archive: &dyn WalArchive,
     backups: &[BackupRecord],
@@ -916,12 +933,17 @@ impl<'a> Planner<'a> {
                 Ok((b, point))
             }
             RecoveryTarget::Time(t) => {
-                // Backups that ended by the target time first (see make_plan).
-                let (early, late): (Vec<&BackupRecord>, Vec<&BackupRecord>) = candidates
+                // Only backups that ended by the target time (see make_plan).
+                let ended: Vec<&BackupRecord> = candidates
                     .iter()
-                    .partition(|b| UtcTime::parse(&b.stop_time).map_or(true, |stop| stop <= *t));
-                let ordered: Vec<&BackupRecord> = early.into_iter().chain(late).collect();
-                self.search(&ordered, &Wanted::Time(*t, inclusive))
+                    .copied()
+                    .filter(|b| latest_stop_time(b).is_none_or(|stop| stop <= *t))
+                    .collect();
+                if ended.is_empty() {
+                    let oldest = candidates[candidates.len() - 1];
+                    return Err(self.too_early(oldest, String::new()));
+                }
+                self.search(&ended, &Wanted::Time(*t, inclusive))
             }
             RecoveryTarget::Xid(x) => self.search(candidates, &Wanted::Xid(x.xid(), inclusive)),
             RecoveryTarget::Name(n) => self.search(candidates, &Wanted::Name(n.as_str())),
@@ -958,12 +980,7 @@ impl<'a> Planner<'a> {
                 Scan::Found(r, stop) => Some((r, stop)),
                 Scan::Reached => known.and_then(|(_, f)| f),
                 Scan::Ended { at, why } => {
-                    if let EndWhy::Missing(segno) = why
-                        && self.missing_in_the_middle(segno)
-                    {
-                        return Err(self.missing(segno, b));
-                    }
-                    last_end = Some((at, why));
+                    last_end = Some(self.ended(at, why, b)?);
                     None
                 }
             };
@@ -987,7 +1004,31 @@ impl<'a> Planner<'a> {
             }
             None => {
                 let (at, why) = last_end.unwrap_or((self.end, EndWhy::EndOfWal));
-                Err(self.beyond_end(at, &why))
+                if self.explicit {
+                    return Err(self.cannot_reach(
+                        oldest,
+                        format!(
+                            "target {} is not in the stored WAL from its start {} to the end at {at}: it is before this backup, or not yet in the store",
+                            self.target_text(),
+                            Self::search_start(oldest)
+                        ),
+                    ));
+                }
+                Err(match self.beyond_end(at, &why) {
+                    PlanError::BeyondEnd {
+                        target,
+                        end,
+                        timeline,
+                        why,
+                    } => PlanError::NotFound {
+                        target,
+                        from: Self::search_start(oldest),
+                        end,
+                        timeline,
+                        why,
+                    },
+                    other => other,
+                })
             }
         }
     }
@@ -1002,12 +1043,22 @@ impl<'a> Planner<'a> {
         match self.chain.scan(from, None, wanted)? {
             Scan::Found(r, stop) => Ok(StopPoint::Record(r, stop)),
             Scan::Reached => Err(self.beyond_end(self.end, &EndWhy::EndOfWal)),
-            Scan::Ended { at, why } => match why {
-                EndWhy::Missing(segno) if self.missing_in_the_middle(segno) => {
-                    Err(self.missing(segno, b))
-                }
-                why => Err(self.beyond_end(at.max(from), &why)),
-            },
+            Scan::Ended { at, why } => {
+                let (at, why) = self.ended(at, why, b)?;
+                Err(self.beyond_end(at, &why))
+            }
+        }
+    }
+
+    /// Where a scan for backup `b` ran out of WAL, and why; an error for a segment missing
+    /// in the middle of the stored WAL (a hole, not the end).
+    fn ended(&self, at: Lsn, why: EndWhy, b: &BackupRecord) -> Result<(Lsn, EndWhy), PlanError> {
+        match why {
+            EndWhy::Missing(segno) if self.missing_in_the_middle(segno) => {
+                Err(self.missing(segno, b))
+            }
+            EndWhy::Missing(_) => Ok((self.end, EndWhy::EndOfWal)),
+            why => Ok((at, why)),
         }
     }
 
@@ -1176,8 +1227,12 @@ impl<'a> Planner<'a> {
                 record,
             },
             wal: PlannedWal {
-                first_segment: files.first().map(|f| f.name.format(seg_size)),
-                last_segment: files.last().map(|f| f.name.format(seg_size)),
+                first_segment: files
+                    .first()
+                    .map(|f| segment_file_name(f.name.tli, f.name.segno, seg_size)),
+                last_segment: files
+                    .last()
+                    .map(|f| segment_file_name(f.name.tli, f.name.segno, seg_size)),
                 segments: files.len(),
                 bytes: files.len() as u64 * seg_size.bytes(),
                 stored_bytes: files.iter().map(|f| f.size).sum(),
@@ -1187,6 +1242,17 @@ impl<'a> Planner<'a> {
             history_files,
             end_of_wal: self.end,
         })
+    }
+}
+
+/// The latest instant a backup's recorded stop time can stand for: the store records whole
+/// seconds, so the end of that second. None if it does not parse.
+fn latest_stop_time(b: &BackupRecord) -> Option<UtcTime> {
+    let stop = UtcTime::parse(&b.stop_time).ok()?;
+    if b.stop_time.contains('.') {
+        Some(stop)
+    } else {
+        Some(UtcTime::from_unix_micros(stop.unix_micros() + 999_999))
     }
 }
 
@@ -1209,5 +1275,681 @@ fn target_record(r: &ScannedRecord, stop: Stop, history: &TimelineHistory) -> Ta
         xid,
         time,
         name,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backup::take::ConfigCapture;
+    use crate::pg::SystemId;
+    use crate::store::{ClusterName, ClusterReader, ClusterWriter, ServerIdentity};
+    use crate::wal::WalFileName;
+    use crate::wal::testwal::{self, WalBuilder};
+    use std::path::Path;
+
+    const MB: u64 = 1 << 20;
+    const PG15_SYSID: u64 = 7711098426243390295;
+
+    fn lsn(s: &str) -> Lsn {
+        s.parse().unwrap()
+    }
+
+    fn at(s: &str) -> UtcTime {
+        s.parse().unwrap()
+    }
+
+    /// A store for a 1 MB-segment cluster, with these files put in place by hand.
+    fn store(sysid: u64, version: u32, files: &[(String, Vec<u8>)]) -> tempfile::TempDir {
+        let root = tempfile::tempdir().unwrap();
+        let server = ServerIdentity {
+            system_id: SystemId(sysid),
+            server_version_num: version,
+            wal_segment_size: WalSegSize::new(MB).unwrap(),
+        };
+        drop(ClusterWriter::open(root.path(), &ClusterName::default(), &server).unwrap());
+        let wal = root.path().join("main/wal");
+        for (name, bytes) in files {
+            let dir = if name.ends_with(".history") {
+                wal.clone()
+            } else {
+                wal.join(&name[..16])
+            };
+            std::fs::create_dir_all(&dir).unwrap();
+            std::fs::write(dir.join(name), bytes).unwrap();
+        }
+        root
+    }
+
+    fn reader(root: &Path) -> ClusterReader {
+        ClusterReader::open(root, &ClusterName::default()).unwrap()
+    }
+
+    fn backup(id: &str, start: &str, stop: &str, times: (&str, &str)) -> BackupRecord {
+        BackupRecord {
+            id: id.into(),
+            label: id.into(),
+            status: "complete".into(),
+            start_lsn: lsn(start),
+            start_timeline: TimelineId(1),
+            stop_lsn: lsn(stop),
+            stop_timeline: TimelineId(1),
+            start_time: times.0.into(),
+            stop_time: times.1.into(),
+            server_version: "15.18".into(),
+            server_version_num: 150018,
+            system_identifier: PG15_SYSID.to_string(),
+            wal_segment_size: MB,
+            compression: "none".into(),
+            includes_wal: false,
+            from_standby: false,
+            archives: Vec::new(),
+            tablespaces: Vec::new(),
+            bytes: 0,
+            manifest_files: 0,
+            history_files: Vec::new(),
+            config_files: ConfigCapture::default(),
+        }
+    }
+
+    /// The PostgreSQL 15 fixtures as a store: timeline 1's segments 7–9 and its last one
+    /// (A) as the `.partial` it ends with, timeline 2's A being written, and the history.
+    /// Commits (pg_waldump): xid 724–726 in segment 7 at 20:40:10.740639, .740924, .744411,
+    /// 727 at 0/972258 (.749506), 728 at 0/981968 (.750412), then a switch; after the
+    /// promotion at 0/A000A0, 729 at 0/A079C8 on timeline 2 (20:40:11.139208).
+    fn pg15_files() -> Vec<(String, Vec<u8>)> {
+        let f = |name: &str| testwal::fixture("pg15", name);
+        vec![
+            (
+                "000000010000000000000007".into(),
+                f("000000010000000000000007"),
+            ),
+            (
+                "000000010000000000000008".into(),
+                f("000000010000000000000008"),
+            ),
+            (
+                "000000010000000000000009".into(),
+                f("000000010000000000000009"),
+            ),
+            (
+                "00000001000000000000000A.partial".into(),
+                f("00000001000000000000000A"),
+            ),
+            (
+                "00000002000000000000000A.partial".into(),
+                f("00000002000000000000000A"),
+            ),
+            ("00000002.history".into(), f("00000002.history")),
+        ]
+    }
+
+    fn pg15_store(drop: &[&str]) -> tempfile::TempDir {
+        let files: Vec<_> = pg15_files()
+            .into_iter()
+            .filter(|(n, _)| !drop.contains(&n.as_str()))
+            .collect();
+        store(PG15_SYSID, 150018, &files)
+    }
+
+    /// B1 ends before the first commit, B2 in segment 9 after xid 726.
+    fn pg15_backups() -> Vec<BackupRecord> {
+        vec![
+            backup(
+                "B1",
+                "0/700028",
+                "0/719F48",
+                ("2026-11-22T20:40:08Z", "2026-11-22T20:40:09Z"),
+            ),
+            backup(
+                "B2",
+                "0/963198",
+                "0/9649B0",
+                ("2026-11-22T20:40:10Z", "2026-11-22T20:40:10Z"),
+            ),
+        ]
+    }
+
+    fn request(target: RecoveryTarget) -> PlanRequest {
+        PlanRequest {
+            target,
+            inclusive: true,
+            ..PlanRequest::default()
+        }
+    }
+
+    fn plan(root: &Path, req: &PlanRequest) -> Result<Plan, PlanError> {
+        make_plan(&reader(root), &pg15_backups(), req)
+    }
+
+    #[test]
+    fn target_options_parse() {
+        assert_eq!("742".parse::<TargetXid>(), Ok(TargetXid(742)));
+        assert_eq!("4294967296742".parse::<TargetXid>().unwrap().xid(), 742);
+        for bad in ["", "0", "2", "4294967298", "-5", "+7", "0x10", "7a"] {
+            assert!(bad.parse::<TargetXid>().is_err(), "{bad:?}");
+        }
+        assert_eq!(
+            "before upgrade"
+                .parse::<RestorePointName>()
+                .unwrap()
+                .as_str(),
+            "before upgrade"
+        );
+        assert!("x".repeat(63).parse::<RestorePointName>().is_ok());
+        for bad in [String::new(), "x".repeat(64), "a\0b".into()] {
+            assert!(bad.parse::<RestorePointName>().is_err(), "{bad:?}");
+        }
+        assert_eq!("latest".parse(), Ok(TargetTimeline::Latest));
+        assert_eq!("current".parse(), Ok(TargetTimeline::Current));
+        assert_eq!("2".parse(), Ok(TargetTimeline::Id(TimelineId(2))));
+        for bad in ["0", "", "-1", "two", "0x2"] {
+            assert!(bad.parse::<TargetTimeline>().is_err(), "{bad:?}");
+        }
+        assert_eq!(TargetTimeline::Id(TimelineId(3)).to_string(), "3");
+        assert_eq!("promote".parse(), Ok(TargetAction::Promote));
+        assert_eq!("pause".parse(), Ok(TargetAction::Pause));
+        assert_eq!(
+            "shutdown".parse::<TargetAction>().unwrap().as_str(),
+            "shutdown"
+        );
+        let err = "resume".parse::<TargetAction>().unwrap_err();
+        assert!(err.contains("pause, promote or shutdown"), "{err}");
+        assert_eq!("latest".parse(), Ok(BackupChoice::Latest));
+        assert_eq!(
+            "20261122T193000Z".parse(),
+            Ok(BackupChoice::Id("20261122T193000Z".into()))
+        );
+        assert!("".parse::<BackupChoice>().is_err());
+
+        let time = RecoveryTarget::Time(at("2026-11-22 20:30:00.5+01"));
+        assert_eq!(
+            time.setting(),
+            Some((
+                "recovery_target_time",
+                "2026-11-22 19:30:00.500000+00".into()
+            ))
+        );
+        assert_eq!(
+            RecoveryTarget::Lsn(lsn("0/16B3748")).setting(),
+            Some(("recovery_target_lsn", "0/16B3748".into()))
+        );
+        assert_eq!(
+            RecoveryTarget::Xid(TargetXid(742)).setting(),
+            Some(("recovery_target_xid", "742".into()))
+        );
+        let name = RecoveryTarget::Name("rp".parse().unwrap());
+        assert_eq!(name.setting(), Some(("recovery_target_name", "rp".into())));
+        assert_eq!(
+            RecoveryTarget::Immediate.setting(),
+            Some(("recovery_target", "immediate".into()))
+        );
+        assert_eq!(RecoveryTarget::Latest.setting(), None);
+        assert_eq!(RecoveryTarget::default(), RecoveryTarget::Latest);
+        assert!(time.has_inclusive() && !name.has_inclusive());
+        assert_eq!(name.to_string(), "restore point \"rp\"");
+    }
+
+    #[test]
+    fn latest_on_the_newest_timeline() {
+        let root = pg15_store(&[]);
+        let p = plan(root.path(), &request(RecoveryTarget::Latest)).unwrap();
+        assert_eq!(p.backup.id, "B2");
+        assert_eq!(p.target.timeline, TimelineId(2));
+        assert_eq!(p.target.stops_at, lsn("0/A07A68"));
+        assert_eq!(p.end_of_wal, lsn("0/A07A68"));
+        assert!(p.target.record.is_none());
+        assert_eq!(
+            p.wal.first_segment.as_deref(),
+            Some("000000010000000000000009")
+        );
+        assert_eq!(
+            p.wal.last_segment.as_deref(),
+            Some("00000002000000000000000A")
+        );
+        assert_eq!((p.wal.segments, p.wal.bytes), (2, 2 * MB));
+        assert_eq!(p.wal.stored_bytes, 2 * MB);
+        assert!(p.wal.last_is_partial);
+        assert_eq!(p.timelines, vec![TimelineId(1), TimelineId(2)]);
+        assert_eq!(p.history_files, vec!["00000002.history".to_string()]);
+        let text = p.to_text();
+        assert!(
+            text.contains("backup:    B2 (timeline 1, 0/963198 .. 0/9649B0"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "000000010000000000000009 .. 00000002000000000000000A (partial): 2 segments"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("timelines: 1, 2 (history: 00000002.history)"),
+            "{text}"
+        );
+        let json = serde_json::to_value(&p).unwrap();
+        assert_eq!(json["target"]["stops_at"], "0/A07A68");
+        assert_eq!(json["target"]["kind"], "latest");
+
+        // On timeline 1 (the backups' own): its WAL ends where timeline 2 began.
+        let req = PlanRequest {
+            timeline: TargetTimeline::Current,
+            ..request(RecoveryTarget::Latest)
+        };
+        let p = plan(root.path(), &req).unwrap();
+        assert_eq!(p.target.timeline, TimelineId(1));
+        assert_eq!(p.target.stops_at, lsn("0/A000A0"));
+        assert_eq!(
+            p.wal.last_segment.as_deref(),
+            Some("00000001000000000000000A")
+        );
+        assert!(p.wal.last_is_partial && p.history_files.is_empty());
+        assert_eq!(p.timelines, vec![TimelineId(1)]);
+
+        // An explicit older backup replays more.
+        let req = PlanRequest {
+            backup: BackupChoice::Id("B1".into()),
+            ..request(RecoveryTarget::Latest)
+        };
+        let p = plan(root.path(), &req).unwrap();
+        assert_eq!((p.backup.id.as_str(), p.wal.segments), ("B1", 4));
+        let req = PlanRequest {
+            backup: BackupChoice::Id("B9".into()),
+            ..request(RecoveryTarget::Latest)
+        };
+        let err = plan(root.path(), &req).unwrap_err().to_string();
+        assert!(
+            err.contains("no complete backup \"B9\"") && err.contains("B2, B1"),
+            "{err}"
+        );
+        assert!(matches!(
+            make_plan(&reader(root.path()), &[], &request(RecoveryTarget::Latest)),
+            Err(PlanError::NoBackups)
+        ));
+    }
+
+    #[test]
+    fn lsn_targets() {
+        let root = pg15_store(&[]);
+        let p = plan(root.path(), &request(RecoveryTarget::Lsn(lsn("0/972258")))).unwrap();
+        assert_eq!(p.backup.id, "B2");
+        let r = p.target.record.as_ref().unwrap();
+        assert_eq!(
+            (r.lsn, r.end, r.stop),
+            (lsn("0/972258"), lsn("0/97227A"), Stop::After)
+        );
+        assert_eq!((r.kind, r.xid), ("commit", Some(727)));
+        assert_eq!(p.target.stops_at, lsn("0/97227A"));
+        assert_eq!(p.target.value.as_deref(), Some("0/972258"));
+        assert_eq!((p.wal.segments, p.wal.last_is_partial), (1, false));
+        let excl = PlanRequest {
+            inclusive: false,
+            ..request(RecoveryTarget::Lsn(lsn("0/972258")))
+        };
+        let p = plan(root.path(), &excl).unwrap();
+        assert_eq!(p.target.stops_at, lsn("0/972258"));
+        assert!(
+            p.to_text().contains("LSN 0/972258 (exclusive)"),
+            "{}",
+            p.to_text()
+        );
+
+        // Between two records: the next one is where recovery stops; an older backup.
+        let p = plan(root.path(), &request(RecoveryTarget::Lsn(lsn("0/71E000")))).unwrap();
+        assert_eq!(p.backup.id, "B1");
+        assert!(p.target.record.as_ref().unwrap().lsn >= lsn("0/71E000"));
+
+        let err = plan(root.path(), &request(RecoveryTarget::Lsn(lsn("0/710000")))).unwrap_err();
+        assert!(
+            matches!(&err, PlanError::BeforeOldestBackup { oldest, .. } if oldest == "B1"),
+            "{err}"
+        );
+        let err = plan(root.path(), &request(RecoveryTarget::Lsn(lsn("0/B00000")))).unwrap_err();
+        assert!(
+            matches!(&err, PlanError::BeyondEnd { end, .. } if *end == lsn("0/A07A68")),
+            "{err}"
+        );
+        // An explicit backup newer than the target.
+        let req = PlanRequest {
+            backup: BackupChoice::Id("B2".into()),
+            ..request(RecoveryTarget::Lsn(lsn("0/71E140")))
+        };
+        let err = plan(root.path(), &req).unwrap_err().to_string();
+        assert!(err.starts_with("backup B2 cannot reach the target: the target LSN 0/71E140 lies before its end 0/9649B0"), "{err}");
+
+        // Immediate: the first record after the backup's end.
+        let p = plan(root.path(), &request(RecoveryTarget::Immediate)).unwrap();
+        assert_eq!(p.backup.id, "B2");
+        let r = p.target.record.as_ref().unwrap();
+        assert_eq!((r.lsn, r.stop), (lsn("0/9649B0"), Stop::Before));
+        assert_eq!(p.target.stops_at, lsn("0/9649B0"));
+    }
+
+    #[test]
+    fn time_targets() {
+        let root = pg15_store(&[]);
+        // Between xid 726 and 727: B2 ended after it, so B1; recovery stops before 727.
+        let t = RecoveryTarget::Time(at("2026-11-22 20:40:10.745"));
+        let p = plan(root.path(), &request(t.clone())).unwrap();
+        assert_eq!(p.backup.id, "B1");
+        let r = p.target.record.as_ref().unwrap();
+        assert_eq!(
+            (r.lsn, r.xid, r.stop),
+            (lsn("0/972258"), Some(727), Stop::Before)
+        );
+        assert_eq!(r.time, Some(at("2026-11-22 20:40:10.749506")));
+        assert_eq!(p.target.stops_at, lsn("0/972258"));
+        assert_eq!(
+            p.target.value.as_deref(),
+            Some("2026-11-22 20:40:10.745000+00")
+        );
+        assert_eq!(p.wal.segments, 3);
+        assert!(
+            p.to_text()
+                .contains("recovery stops before the commit of xid 727"),
+            "{}",
+            p.to_text()
+        );
+        // An explicit B2 cannot: it ended after the target time.
+        let req = PlanRequest {
+            backup: BackupChoice::Id("B2".into()),
+            ..request(t)
+        };
+        assert!(matches!(
+            plan(root.path(), &req),
+            Err(PlanError::BackupCannotReach { .. })
+        ));
+
+        // Exactly at 727's commit time: inclusive stops before 728, exclusive before 727.
+        let t727 = RecoveryTarget::Time(at("2026-11-22 20:40:10.749506"));
+        let p = plan(root.path(), &request(t727.clone())).unwrap();
+        assert_eq!(p.target.record.unwrap().xid, Some(728));
+        let excl = PlanRequest {
+            inclusive: false,
+            ..request(t727)
+        };
+        assert_eq!(
+            plan(root.path(), &excl).unwrap().target.record.unwrap().xid,
+            Some(727)
+        );
+
+        // On timeline 2: the commit after the promotion.
+        let p = plan(
+            root.path(),
+            &request(RecoveryTarget::Time(at("2026-11-22 20:40:11"))),
+        )
+        .unwrap();
+        assert_eq!(p.backup.id, "B2");
+        let r = p.target.record.as_ref().unwrap();
+        assert_eq!(
+            (r.xid, r.lsn, r.timeline),
+            (Some(729), lsn("0/A079C8"), TimelineId(2))
+        );
+        assert_eq!(
+            p.wal.last_segment.as_deref(),
+            Some("00000002000000000000000A")
+        );
+
+        // After the last commit, and before every backup.
+        let err = plan(
+            root.path(),
+            &request(RecoveryTarget::Time(at("2026-11-22 20:40:12"))),
+        )
+        .unwrap_err();
+        assert!(
+            matches!(&err, PlanError::NotFound { end, .. } if *end == lsn("0/A07A68")),
+            "{err}"
+        );
+        let err = plan(
+            root.path(),
+            &request(RecoveryTarget::Time(at("2026-11-22 20:40:05"))),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.starts_with(
+                "target time 2026-11-22 20:40:05+00 is before the oldest usable backup B1"
+            ),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn xid_targets() {
+        let root = pg15_store(&[]);
+        let xid = |x: u64| RecoveryTarget::Xid(TargetXid(x));
+        // Before B2's start: found walking back to B1.
+        let p = plan(root.path(), &request(xid(725))).unwrap();
+        assert_eq!(p.backup.id, "B1");
+        let r = p.target.record.as_ref().unwrap();
+        assert_eq!(
+            (r.lsn, r.stop, r.kind),
+            (lsn("0/71E738"), Stop::After, "commit")
+        );
+        assert_eq!(p.target.stops_at, r.end);
+        let p = plan(root.path(), &request(xid(728))).unwrap();
+        assert_eq!(
+            (p.backup.id.as_str(), p.target.record.unwrap().lsn),
+            ("B2", lsn("0/981968"))
+        );
+        let p = plan(root.path(), &request(xid(729))).unwrap();
+        assert_eq!(p.target.record.unwrap().timeline, TimelineId(2));
+        let excl = PlanRequest {
+            inclusive: false,
+            ..request(xid(727))
+        };
+        let p = plan(root.path(), &excl).unwrap();
+        assert_eq!(p.target.stops_at, lsn("0/972258"));
+        let err = plan(root.path(), &request(xid(999))).unwrap_err();
+        assert!(
+            matches!(&err, PlanError::NotFound { from, .. } if *from == lsn("0/700028")),
+            "{err}"
+        );
+        // An explicit B2 does not see 725.
+        let req = PlanRequest {
+            backup: BackupChoice::Id("B2".into()),
+            ..request(xid(725))
+        };
+        let err = plan(root.path(), &req).unwrap_err().to_string();
+        assert!(
+            err.starts_with(
+                "backup B2 cannot reach the target: target xid 725 is not in the stored WAL"
+            ),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn missing_segments_and_gaps() {
+        let t = RecoveryTarget::Time(at("2026-11-22 20:40:10.745"));
+        let root = pg15_store(&["000000010000000000000008"]);
+        let err = plan(root.path(), &request(t.clone()))
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("the store lacks WAL segment 000000010000000000000008, needed to replay from backup B1"), "{err}");
+        let req = PlanRequest {
+            backup: BackupChoice::Id("B1".into()),
+            ..request(RecoveryTarget::Latest)
+        };
+        assert!(
+            matches!(plan(root.path(), &req), Err(PlanError::MissingSegment { name, .. }) if name == "000000010000000000000008")
+        );
+        // B2 needs nothing before segment 9.
+        assert_eq!(
+            plan(root.path(), &request(RecoveryTarget::Latest))
+                .unwrap()
+                .backup
+                .id,
+            "B2"
+        );
+
+        // A recorded gap over it says why.
+        let server = ServerIdentity {
+            system_id: SystemId(PG15_SYSID),
+            server_version_num: 150018,
+            wal_segment_size: WalSegSize::new(MB).unwrap(),
+        };
+        let w = ClusterWriter::open(root.path(), &ClusterName::default(), &server).unwrap();
+        w.record_gap(crate::store::Gap {
+            timeline: TimelineId(1),
+            from: lsn("0/800000"),
+            to: lsn("0/900000"),
+            detected: "2026-11-22T20:41:00Z".into(),
+            reason: "the server had removed it".into(),
+        })
+        .unwrap();
+        drop(w);
+        for req in [request(t), req] {
+            let err = plan(root.path(), &req).unwrap_err().to_string();
+            assert!(err.starts_with("WAL from 0/800000 to 0/900000 on timeline 1 is missing (recorded gap: the server had removed it), and recovery from backup B1"), "{err}");
+        }
+
+        // Timeline 2's segment missing: its WAL cannot be read past the switch.
+        let root = pg15_store(&["00000002000000000000000A.partial"]);
+        let err = plan(root.path(), &request(RecoveryTarget::Xid(TargetXid(729)))).unwrap_err();
+        assert!(matches!(err, PlanError::NotFound { .. }), "{err}");
+        let p = plan(root.path(), &request(RecoveryTarget::Latest)).unwrap();
+        assert_eq!(p.target.stops_at, lsn("0/A000A0"));
+        assert_eq!(
+            p.wal.last_segment.as_deref(),
+            Some("00000001000000000000000A")
+        );
+    }
+
+    #[test]
+    fn target_timelines() {
+        let root = pg15_store(&["00000002.history"]);
+        // Without the history file, latest is timeline 1; timeline 2 cannot be followed.
+        let p = plan(root.path(), &request(RecoveryTarget::Latest)).unwrap();
+        assert_eq!(p.target.timeline, TimelineId(1));
+        let req = PlanRequest {
+            timeline: TargetTimeline::Id(TimelineId(2)),
+            ..request(RecoveryTarget::Latest)
+        };
+        assert!(matches!(
+            plan(root.path(), &req),
+            Err(PlanError::MissingHistory(TimelineId(2)))
+        ));
+        // A backup on timeline 2 is not on timeline 1's history.
+        let root = pg15_store(&[]);
+        let mut b3 = backup(
+            "B3",
+            "0/A00108",
+            "0/A03198",
+            ("2026-11-22T20:40:11Z", "2026-11-22T20:40:11Z"),
+        );
+        b3.start_timeline = TimelineId(2);
+        b3.stop_timeline = TimelineId(2);
+        let mut backups = pg15_backups();
+        backups.push(b3);
+        let req = PlanRequest {
+            timeline: TargetTimeline::Id(TimelineId(1)),
+            backup: BackupChoice::Id("B3".into()),
+            ..request(RecoveryTarget::Latest)
+        };
+        let err = make_plan(&reader(root.path()), &backups, &req).unwrap_err();
+        assert!(
+            matches!(err, PlanError::BackupNotOnTimeline { .. }),
+            "{err}"
+        );
+        // On timeline 2 it is the newest; current follows it.
+        let req = PlanRequest {
+            timeline: TargetTimeline::Current,
+            ..request(RecoveryTarget::Latest)
+        };
+        let p = make_plan(&reader(root.path()), &backups, &req).unwrap();
+        assert_eq!(
+            (p.backup.id.as_str(), p.target.timeline),
+            ("B3", TimelineId(2))
+        );
+        assert_eq!(p.timelines, vec![TimelineId(2)]);
+    }
+
+    /// Synthetic WAL (PostgreSQL 15 format) with restore points: segments 3 and 4.
+    fn restore_point_store() -> (tempfile::TempDir, Vec<BackupRecord>, Vec<Lsn>) {
+        let mut b = WalBuilder::new(3);
+        let rp = |name: &str| {
+            let mut main = at("2026-11-22 19:00:00")
+                .pg_timestamp()
+                .to_le_bytes()
+                .to_vec();
+            let mut field = [0u8; 64];
+            field[..name.len()].copy_from_slice(name.as_bytes());
+            main.extend_from_slice(&field);
+            [vec![255, main.len() as u8], main].concat()
+        };
+        let start = b.record(100);
+        let mut marks = Vec::new();
+        for i in 0..450 {
+            b.record(3000);
+            if i == 10 {
+                marks.push(b.record_bytes(0, 0x70, 0, &rp("first")).start);
+            }
+            if i == 300 || i == 400 {
+                marks.push(b.record_bytes(0, 0x70, 0, &rp("twice")).start);
+            }
+        }
+        let stop = b.record(10);
+        b.pad_segment();
+        let size = testwal::mb();
+        let files: Vec<(String, Vec<u8>)> = b
+            .bytes
+            .chunks(MB as usize)
+            .enumerate()
+            .map(|(i, c)| {
+                let name = WalFileName {
+                    partial: i > 0,
+                    ..WalFileName::segment(TimelineId(1), SegNo(3 + i as u64))
+                };
+                (name.format(size), c.to_vec())
+            })
+            .collect();
+        assert_eq!(files.len(), 2);
+        let root = store(testwal::SYSID, 150000, &files);
+        let mut bk = backup(
+            "S",
+            &start.start.to_string(),
+            &marks[0].to_string(),
+            ("2026-11-22T18:00:00Z", "2026-11-22T18:00:01Z"),
+        );
+        bk.server_version_num = 150000;
+        marks.push(stop.start);
+        (root, vec![bk], marks)
+    }
+
+    #[test]
+    fn restore_point_targets() {
+        let (root, backups, marks) = restore_point_store();
+        let name = |n: &str| request(RecoveryTarget::Name(n.parse().unwrap()));
+        let p = make_plan(&reader(root.path()), &backups, &name("twice")).unwrap();
+        let r = p.target.record.as_ref().unwrap();
+        assert_eq!(
+            (r.lsn, r.stop, r.kind),
+            (marks[1], Stop::After, "restore point")
+        );
+        assert_eq!(
+            (r.name.as_deref(), r.time),
+            (Some("twice"), Some(at("2026-11-22 19:00:00")))
+        );
+        assert_eq!(p.target.stops_at, r.end);
+        assert!(
+            p.to_text()
+                .contains("restore point \"twice\" on timeline 1"),
+            "{}",
+            p.to_text()
+        );
+        // The backup ends at "first": recovery stops after it, at the backup's end.
+        let p = make_plan(&reader(root.path()), &backups, &name("first")).unwrap();
+        assert_eq!(p.target.record.unwrap().lsn, marks[0]);
+        let err = make_plan(&reader(root.path()), &backups, &name("nope")).unwrap_err();
+        assert!(matches!(&err, PlanError::NotFound { .. }), "{err}");
+        // Latest reads the partial segment to its end.
+        let p = make_plan(
+            &reader(root.path()),
+            &backups,
+            &request(RecoveryTarget::Latest),
+        )
+        .unwrap();
+        assert!(p.wal.last_is_partial && p.end_of_wal > marks[3]);
     }
 }

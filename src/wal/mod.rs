@@ -15,7 +15,7 @@ mod time;
 mod verify;
 
 #[cfg(test)]
-mod testwal;
+pub(crate) mod testwal;
 
 pub use history::{HistoryEntry, HistoryError, TimelineHistory, TimelineRange};
 pub use lsn::{Lsn, ParseLsnError, TimelineId};
