@@ -348,12 +348,21 @@ pub fn end_of_stored_wal(
     archive: &dyn WalArchive,
     inventory: &WalInventory,
 ) -> Result<Option<WalEnd>, StoreError> {
+    match inventory.timelines.last() {
+        Some(newest) => end_of_timeline_wal(archive, newest.timeline),
+        None => Ok(None),
+    }
+}
+
+/// The end of valid WAL in timeline `tli`'s own segment files (None if it has none): the end
+/// of its newest `.partial` if that holds valid WAL (its start if not), else the end of its
+/// last complete segment. Segments in between are not looked at.
+pub fn end_of_timeline_wal(
+    archive: &dyn WalArchive,
+    tli: TimelineId,
+) -> Result<Option<WalEnd>, StoreError> {
     let info = archive.info();
     let seg_size = info.wal_segment_size;
-    let Some(newest) = inventory.timelines.last() else {
-        return Ok(None);
-    };
-    let tli = newest.timeline;
     let segments: Vec<StoredSegment> = archive
         .list_wal()?
         .into_iter()

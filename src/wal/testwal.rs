@@ -115,17 +115,41 @@ impl WalBuilder {
 
     /// Writes a record of `payload_len` payload bytes with the given rmgr and info.
     pub fn record_with(&mut self, rmid: u8, info: u8, payload_len: usize) -> Written {
+        let start = self.next_record_start();
+        let payload: Vec<u8> = (0..payload_len)
+            .map(|i| (i * 7 + start as usize) as u8 | 1)
+            .collect();
+        self.record_bytes(rmid, info, 742, &payload)
+    }
+
+    /// Where the next record will start.
+    fn next_record_start(&self) -> u64 {
+        let pos = self.pos();
+        if pos.is_multiple_of(BLCKSZ) {
+            let header = if pos.is_multiple_of(self.seg_size.bytes()) {
+                40
+            } else {
+                24
+            };
+            pos + header
+        } else {
+            pos
+        }
+    }
+
+    /// Writes a record with this header and payload (everything after the 24-byte header).
+    pub fn record_bytes(&mut self, rmid: u8, info: u8, xid: u32, payload: &[u8]) -> Written {
         if self.pos().is_multiple_of(BLCKSZ) {
             self.page_header(0);
         }
         let start = self.pos();
-        let tot_len = (RECORD_HEADER_LEN + payload_len) as u32;
+        let tot_len = (RECORD_HEADER_LEN + payload.len()) as u32;
         let mut rec = Vec::with_capacity(tot_len as usize);
         rec.extend_from_slice(&tot_len.to_le_bytes());
-        rec.extend_from_slice(&742u32.to_le_bytes());
+        rec.extend_from_slice(&xid.to_le_bytes());
         rec.extend_from_slice(&self.prev.to_le_bytes());
         rec.extend_from_slice(&[info, rmid, 0, 0, 0, 0, 0, 0]);
-        rec.extend((0..payload_len).map(|i| (i * 7 + start as usize) as u8 | 1));
+        rec.extend_from_slice(payload);
         let crc = record_crc(&rec).unwrap();
         rec[20..24].copy_from_slice(&crc.to_le_bytes());
         self.append(&rec);

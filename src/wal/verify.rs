@@ -36,6 +36,8 @@
 //! [`WalVerifier::verified_up_to`] is the end of the last complete good record (the end of
 //! the segment once a switch record's segment has been fed to its end).
 
+use std::collections::VecDeque;
+
 use super::page::{
     LONG_HEADER_LEN, PageError, PageExpectations, PageHeader, PageMagic, SHORT_HEADER_LEN,
     WAL_BLOCK_SIZE,
@@ -159,6 +161,28 @@ pub struct WalVerifier {
     verified: Option<Lsn>,
     records: u64,
     failed: Option<VerifyError>,
+    /// Set by [`WalScanner`](super::WalScanner): completed records are queued for it.
+    scan: Option<ScanState>,
+}
+
+/// A record that passed every check, as queued for the scanner.
+#[derive(Debug)]
+pub(super) struct Completed {
+    pub start: Lsn,
+    /// Just after its last byte (not aligned).
+    pub end: Lsn,
+    pub header: RecordHeader,
+    /// The bytes after the 24-byte header, for the records the scanner keeps.
+    pub payload: Option<Vec<u8>>,
+}
+
+#[derive(Debug)]
+struct ScanState {
+    /// Whether a record's payload is wanted, decided from its header.
+    keep: fn(&RecordHeader) -> bool,
+    capturing: bool,
+    payload: Vec<u8>,
+    done: VecDeque<Completed>,
 }
 
 impl WalVerifier {
@@ -187,6 +211,7 @@ impl WalVerifier {
             verified: None,
             records: 0,
             failed: None,
+            scan: None,
         })
     }
 
@@ -243,6 +268,43 @@ impl WalVerifier {
             self.state,
             State::Header { have: 1.., .. } | State::Payload { .. }
         )
+    }
+
+    /// Queues every record that passes, keeping the payload of those `keep` selects.
+    pub(super) fn enable_scan(&mut self, keep: fn(&RecordHeader) -> bool) {
+        self.scan = Some(ScanState {
+            keep,
+            capturing: false,
+            payload: Vec::new(),
+            done: VecDeque::new(),
+        });
+    }
+
+    /// The oldest queued record (scanning only).
+    pub(super) fn pop_completed(&mut self) -> Option<Completed> {
+        self.scan.as_mut()?.done.pop_front()
+    }
+
+    /// The bytes fed from now on come from a file of timeline `tli` (reading along a
+    /// timeline history crosses from an ancestor's segments to a descendant's): page headers
+    /// are checked against it, and errors name its files.
+    pub(super) fn set_file_timeline(&mut self, tli: TimelineId) {
+        self.config.tli = tli;
+        self.expect.file_tli = tli;
+    }
+
+    /// A record's header passed its checks: decide whether its payload is kept.
+    fn begin_capture(&mut self, header: &RecordHeader) {
+        if let Some(scan) = self.scan.as_mut() {
+            scan.capturing = (scan.keep)(header);
+            scan.payload.clear();
+        }
+    }
+
+    fn capture(&mut self, bytes: &[u8]) {
+        if let Some(scan) = self.scan.as_mut().filter(|s| s.capturing) {
+            scan.payload.extend_from_slice(bytes);
+        }
     }
 
     fn error(&self, at: Lsn, problem: Problem) -> VerifyError {
@@ -425,7 +487,9 @@ impl WalVerifier {
             } => {
                 let take = ((tot_len - gathered) as usize).min(body.len());
                 let mut crc = crc;
-                crc.update(body.get(..take).unwrap_or_default());
+                let piece = body.get(..take).unwrap_or_default();
+                crc.update(piece);
+                self.capture(piece);
                 self.pos += take as u64;
                 let gathered = gathered + take as u32;
                 self.state = State::Payload {
@@ -464,6 +528,8 @@ impl WalVerifier {
             .map_err(|e| (start, e.into()))?;
         let mut crc = RecordCrc::default();
         crc.update(payload);
+        self.begin_capture(&header);
+        self.capture(payload);
         self.pos += u64::from(header.tot_len);
         self.complete_record(start, raw, crc)?;
         let mut used = header.tot_len as usize;
@@ -517,6 +583,7 @@ impl WalVerifier {
             .validate(start, self.last_record)
             .map_err(|e| (start, e.into()))?;
         let crc = RecordCrc::default();
+        self.begin_capture(&header);
         self.state = State::Payload {
             start,
             header: buf,
@@ -550,6 +617,16 @@ impl WalVerifier {
         self.last_record = Some(start);
         self.verified = Some(Lsn(self.pos));
         self.records += 1;
+        if let Some(scan) = self.scan.as_mut() {
+            let payload = scan.capturing.then(|| std::mem::take(&mut scan.payload));
+            scan.capturing = false;
+            scan.done.push_back(Completed {
+                start,
+                end: Lsn(self.pos),
+                header,
+                payload,
+            });
+        }
         if header.is_switch() {
             let next = Lsn(self.pos - 1).segno(self.config.seg_size).next();
             self.skip_to(
