@@ -11,3 +11,4 @@ mod harness_smoke;
 mod identify;
 mod receive;
 mod replication_commands;
+mod restore;

@@ -83,6 +83,23 @@ pub fn walden_restore_cmd() -> Command {
     Command::new(env!("CARGO_BIN_EXE_walden-restore"))
 }
 
+/// A copy of our `walden-restore` binary that the `postgres` user can execute (the build's
+/// own may sit where that user cannot enter): `<process dir>/bin/walden-restore`, made once.
+/// Restores run this copy, so the `restore_command` they write names it.
+pub fn reachable_walden_restore() -> PathBuf {
+    static PATH: OnceLock<PathBuf> = OnceLock::new();
+    PATH.get_or_init(|| {
+        let dir = server::process_dir().join("bin");
+        std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("create {}: {e}", dir.display()));
+        let path = dir.join("walden-restore");
+        std::fs::copy(env!("CARGO_BIN_EXE_walden-restore"), &path)
+            .unwrap_or_else(|e| panic!("copy walden-restore to {}: {e}", path.display()));
+        run_ok(Command::new("chmod").arg("0755").arg(&dir).arg(&path));
+        path
+    })
+    .clone()
+}
+
 /// A command that runs `program` as the `postgres` user (through `runuser` when we are root,
 /// directly otherwise). Add arguments, environment and I/O as with any `Command`.
 pub fn postgres_cmd(program: impl AsRef<OsStr>) -> Command {

@@ -123,6 +123,43 @@ impl Pg {
     }
 }
 
+impl Pg {
+    /// A new empty test directory (owned by `postgres`) to restore a data directory into, as
+    /// `<dir>/data`; then [`Pg::restored`].
+    pub fn new_server_dir(&self) -> PathBuf {
+        new_test_dir()
+    }
+
+    /// A not yet started server on the data directory a restore left at `<dir>/data`, used in
+    /// place: not copied and not chowned (its ownership and modes are the restore's), only
+    /// given our port/socket settings and `extra_conf`.
+    pub fn restored(&self, dir: PathBuf, extra_conf: Vec<String>) -> Server {
+        let sock = dir.join("s");
+        std::fs::create_dir_all(&sock).expect("create the socket directory");
+        std::fs::write(dir.join("server.log"), "").expect("create server.log");
+        for path in [sock.as_path(), &dir.join("server.log")] {
+            if is_root() {
+                run_ok(Command::new("chown").arg("postgres:postgres").arg(path));
+            }
+        }
+        let conf = dir.join("data").join("postgresql.conf");
+        let text = std::fs::read_to_string(&conf).unwrap_or_default();
+        if !text.contains(TEST_CONF) {
+            append(&conf, &format!("include_if_exists = '{TEST_CONF}'\n"));
+        }
+        let srv = Server {
+            pg: self.clone(),
+            dir,
+            port: pick_port(),
+            extra_conf,
+            postmaster: None,
+            remove_dir: true,
+        };
+        srv.write_test_conf();
+        srv
+    }
+}
+
 impl Server {
     pub(super) fn configure(pg: Pg, dir: PathBuf, extra_conf: Vec<String>) -> Server {
         let sock = dir.join("s");

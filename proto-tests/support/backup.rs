@@ -41,6 +41,14 @@ pub struct BackupOutcome {
     pub context: String,
 }
 
+impl BackupOutcome {
+    /// Panics with the context unless the backup exited 0.
+    pub fn assert_ok(&self) -> &BackupOutcome {
+        assert_eq!(self.code, 0, "walden backup failed\n{}", self.context);
+        self
+    }
+}
+
 impl BackupRun {
     /// Starts `walden backup --source <source> --store <store> <extra...>` with the default
     /// log level, without colours; stdout and stderr go to `<store>.backup-<n>.out` / `.err`.

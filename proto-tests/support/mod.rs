@@ -8,6 +8,7 @@ pub mod backup;
 pub mod corrupt_proxy;
 pub mod fake_walsender;
 pub mod receiver;
+pub mod restore;
 pub mod store;
 pub mod tar;
 

@@ -309,6 +309,7 @@ pub async fn take_backup(
     };
     let _ = sink_thread.await;
     conn.close().await;
+    let stopped = SystemTime::now();
 
     let config_files = capture_config(&config, &writer).await;
     if !tablespaces.is_empty() {
@@ -338,7 +339,7 @@ pub async fn take_backup(
         stop_lsn: stop.0,
         stop_timeline: stop.1,
         start_time: store::format_utc(started),
-        stop_time: store::utc_now(),
+        stop_time: store::format_utc(stopped),
         server_version: format!("{}", version.major()),
         server_version_num: version.0,
         system_identifier: system.system_id.to_string(),

@@ -547,11 +547,12 @@ impl PlanError {
 /// before a backup's end needs an older backup; and the WAL between two backups is read once
 /// (each older backup's search stops where the newer one's began and reuses its result).
 ///
-/// For time targets the backups' recorded stop times are compared first: a backup that
-/// ended after the target time already holds transactions committed after it (recovery
-/// cannot notice those: it only sees the commits it replays), so it is not a candidate, and
-/// no WAL is read for it. The comparison uses the client's clock, to the end of the recorded
-/// second; a commit inside a backup's own WAL range after the target is found by the scan.
+/// For time targets a backup that holds a transaction committed after the target time is not
+/// a candidate (recovery cannot notice it: it only sees the commits it replays). Commits in
+/// the backup's own WAL range are found by the scan, which must reach the backup's end
+/// before the first commit after the target; commits before the backup's start (its
+/// checkpoint) are ruled out by its recorded start time: a backup that began after the
+/// target time (client clock, whole seconds) is not a candidate, and no WAL is read for it.
 ///
 /// A backup that carries its own WAL is searched from its end (the store need not hold what
 /// it carries).
@@ -933,11 +934,11 @@ impl<'a> Planner<'a> {
                 Ok((b, point))
             }
             RecoveryTarget::Time(t) => {
-                // Only backups that ended by the target time (see make_plan).
+                // Only backups that began by the target time (see make_plan).
                 let ended: Vec<&BackupRecord> = candidates
                     .iter()
                     .copied()
-                    .filter(|b| latest_stop_time(b).is_none_or(|stop| stop <= *t))
+                    .filter(|b| recorded_start_time(b).is_none_or(|start| start <= *t))
                     .collect();
                 if ended.is_empty() {
                     let oldest = candidates[candidates.len() - 1];
@@ -1245,15 +1246,10 @@ impl<'a> Planner<'a> {
     }
 }
 
-/// The latest instant a backup's recorded stop time can stand for: the store records whole
-/// seconds, so the end of that second. None if it does not parse.
-fn latest_stop_time(b: &BackupRecord) -> Option<UtcTime> {
-    let stop = UtcTime::parse(&b.stop_time).ok()?;
-    if b.stop_time.contains('.') {
-        Some(stop)
-    } else {
-        Some(UtcTime::from_unix_micros(stop.unix_micros() + 999_999))
-    }
+/// When a backup began, by the client's clock as recorded (whole seconds, so at or before
+/// the server's checkpoint for it). None if it does not parse.
+fn recorded_start_time(b: &BackupRecord) -> Option<UtcTime> {
+    UtcTime::parse(&b.start_time).ok()
 }
 
 fn target_record(r: &ScannedRecord, stop: Stop, history: &TimelineHistory) -> TargetRecord {
@@ -1405,7 +1401,7 @@ mod tests {
                 "B2",
                 "0/963198",
                 "0/9649B0",
-                ("2026-11-22T20:40:10Z", "2026-11-22T20:40:10Z"),
+                ("2026-11-22T20:40:11Z", "2026-11-22T20:40:11Z"),
             ),
         ]
     }
@@ -1628,7 +1624,7 @@ mod tests {
     #[test]
     fn time_targets() {
         let root = pg15_store(&[]);
-        // Between xid 726 and 727: B2 ended after it, so B1; recovery stops before 727.
+        // Between xid 726 and 727: B2 began after it, so B1; recovery stops before 727.
         let t = RecoveryTarget::Time(at("2026-11-22 20:40:10.745"));
         let p = plan(root.path(), &request(t.clone())).unwrap();
         assert_eq!(p.backup.id, "B1");
@@ -1650,7 +1646,7 @@ mod tests {
             "{}",
             p.to_text()
         );
-        // An explicit B2 cannot: it ended after the target time.
+        // An explicit B2 cannot: it began after the target time.
         let req = PlanRequest {
             backup: BackupChoice::Id("B2".into()),
             ..request(t)
