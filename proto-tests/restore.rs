@@ -4,7 +4,8 @@
 //! target in two databases at once; the newest WAL only in walden's `.partial`; a target on
 //! timeline 2 after a promoted standby; a tablespace restored to a mapped directory; refusals
 //! (target before the backup, a missing segment, a non-empty data directory) and `wal-fetch`
-//! of an absent file; and a restored hot standby streaming from the primary.
+//! of an absent file; a restored hot standby streaming from the primary; and a restore from a
+//! zstd store and zstd backup with `--prefetch`.
 
 use std::time::Duration;
 
@@ -327,4 +328,51 @@ proto_test!(restored_standby_streams_from_the_primary, |pg: &Pg| {
     r.server.wait_replayed(srv.insert_lsn());
     assert_eq!(r.server.psql("select id from t"), "42");
     assert_eq!(r.server.psql("select pg_is_in_recovery()"), "t");
+});
+
+proto_test!(restore_from_a_compressed_store_with_prefetch, |pg: &Pg| {
+    let srv = pg.start();
+    let store = new_store(&srv);
+    let receiver = Receiver::start(
+        &srv.conninfo(U_TRUST),
+        &store,
+        &["--slot", "s", "--create-slot", "--compress", "zstd"],
+    );
+    srv.psql("CREATE TABLE t (id int, v text)");
+    run_backup(
+        &srv.conninfo(U_TRUST),
+        &store,
+        &["--label", "zstd", "--compress", "zstd"],
+        T,
+    )
+    .assert_ok();
+    let mut switched = Vec::new();
+    for _ in 0..3 {
+        srv.psql("INSERT INTO t SELECT g, md5(g::text) FROM generate_series(1, 20000) g");
+        switched.push(srv.switch_wal().segment);
+    }
+    srv.psql("INSERT INTO t VALUES (-1, 'last')");
+    let end = srv.insert_lsn();
+    wait_flushed(&srv, end, || receiver.context());
+    let view = StoreView::new(&store, "main", srv.wal_seg_size());
+    assert!(
+        view.has_completed(&format!("{}.zst", switched[0])),
+        "the store should hold {}.zst: {:?}",
+        switched[0],
+        view.partials()
+    );
+    let r = restore_and_start(pg, &store, &["--prefetch", "4"], &[]);
+    assert_eq!(
+        r.server.psql("select count(*), sum(id) from t"),
+        "60001|600029999",
+        "{}\n{}",
+        r.run.context(),
+        r.server.context()
+    );
+    let auto_conf = std::fs::read_to_string(r.server.data_dir().join("postgresql.auto.conf"))
+        .expect("read postgresql.auto.conf");
+    assert!(
+        auto_conf.contains("wal-fetch") && auto_conf.contains("--prefetch 4"),
+        "restore_command should prefetch:\n{auto_conf}"
+    );
 });
