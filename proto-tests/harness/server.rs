@@ -134,38 +134,34 @@ impl Pg {
     /// place: not copied and not chowned (its ownership and modes are the restore's), only
     /// given our port/socket settings and `extra_conf`.
     pub fn restored(&self, dir: PathBuf, extra_conf: Vec<String>) -> Server {
-        let sock = dir.join("s");
-        std::fs::create_dir_all(&sock).expect("create the socket directory");
-        std::fs::write(dir.join("server.log"), "").expect("create server.log");
-        for path in [sock.as_path(), &dir.join("server.log")] {
-            if is_root() {
-                run_ok(Command::new("chown").arg("postgres:postgres").arg(path));
-            }
-        }
         let conf = dir.join("data").join("postgresql.conf");
         let text = std::fs::read_to_string(&conf).unwrap_or_default();
         if !text.contains(TEST_CONF) {
             append(&conf, &format!("include_if_exists = '{TEST_CONF}'\n"));
         }
-        let srv = Server {
-            pg: self.clone(),
-            dir,
-            port: pick_port(),
-            extra_conf,
-            postmaster: None,
-            remove_dir: true,
-        };
-        srv.write_test_conf();
-        srv
+        Server::assemble(self.clone(), dir, extra_conf, false)
     }
 }
 
 impl Server {
     pub(super) fn configure(pg: Pg, dir: PathBuf, extra_conf: Vec<String>) -> Server {
+        Server::assemble(pg, dir, extra_conf, true)
+    }
+
+    /// A server in `dir` (whose `data/` is ready): the socket directory and log file made
+    /// and given to `postgres` (with everything in `dir` when `chown_all`), a port picked,
+    /// and our settings written.
+    fn assemble(pg: Pg, dir: PathBuf, extra_conf: Vec<String>, chown_all: bool) -> Server {
         let sock = dir.join("s");
         std::fs::create_dir_all(&sock).expect("create the socket directory");
-        std::fs::write(dir.join("server.log"), "").expect("create server.log");
-        chown_postgres(&dir);
+        let log = dir.join("server.log");
+        std::fs::write(&log, "").expect("create server.log");
+        if chown_all {
+            chown_postgres(&dir);
+        } else {
+            chown_postgres(&sock);
+            chown_postgres(&log);
+        }
         let srv = Server {
             pg,
             dir,
