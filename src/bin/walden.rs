@@ -234,6 +234,7 @@ async fn receive(args: ReceiveArgs) -> u8 {
             (false, None) => StopAt::Never,
         },
         max_backoff: Duration::from_secs(30),
+        status: None,
     };
     let shutdown = match walden::signals::shutdown_on_signal() {
         Ok(rx) => rx,

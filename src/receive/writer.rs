@@ -35,6 +35,8 @@ pub(super) struct Durable {
     pub flushed: Lsn,
     /// The writer stopped on an error; join it to learn which.
     pub failed: bool,
+    /// Segments completed since the writer started.
+    pub segments: u64,
 }
 
 /// The network task's side of the writer.
@@ -56,6 +58,7 @@ impl WriterHandle {
         let (durable_tx, durable) = watch::channel(Durable {
             flushed: Lsn::INVALID,
             failed: false,
+            segments: 0,
         });
         let thread = tokio::task::spawn_blocking(move || {
             let mut writer = Writer {
@@ -238,7 +241,10 @@ impl Writer {
                 })?;
                 done.finish(compression)?;
                 let end = stream.next;
-                self.durable.send_modify(|d| d.flushed = d.flushed.max(end));
+                self.durable.send_modify(|d| {
+                    d.flushed = d.flushed.max(end);
+                    d.segments += 1;
+                });
             }
         }
         Ok(())
