@@ -170,9 +170,12 @@ async fn run_sessions(
             }
         }
         publish.state(ReceiverState::WaitingToReconnect);
-        tokio::select! {
-            _ = tokio::time::sleep(backoff) => {}
-            _ = shutdown.wait_for(|stop| *stop) => return receiver.finish().await,
+        let stopped = tokio::select! {
+            _ = tokio::time::sleep(backoff) => false,
+            _ = shutdown.wait_for(|stop| *stop) => true,
+        };
+        if stopped {
+            return receiver.finish().await;
         }
         publish.state(ReceiverState::Connecting);
         backoff = (backoff * 2).min(options.max_backoff);

@@ -420,7 +420,7 @@ impl<'a> Receiver<'a> {
             let paused = tokio::time::Instant::now() < next_read;
             tokio::select! {
                 biased;
-                _ = shutdown.wait_for(|stop| *stop) => {
+                _ = crate::signals::requested(shutdown) => {
                     self.flush_batch(&mut batch).await?;
                     self.stop(conn, received).await?;
                     return Ok(Copy::Stopped);
