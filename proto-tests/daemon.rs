@@ -316,20 +316,18 @@ fn daemon_disk_full_stops_writing_and_resumes_without_a_gap() {
     let (code, report) = walden_status(&["--store", &store_arg]);
     assert_eq!(code, 0, "{report:#}");
 
-    // Fill the filesystem to within half a segment.
+    // Fill the filesystem to within half a segment: WAL stops, small files still fit.
     let free = walden::store::free_space(&store).expect("free space");
     let filler = store.join("filler");
-    let fill = free.saturating_sub(512 << 10);
-    let file = std::fs::File::create(&filler).expect("create filler");
-    file.set_len(fill).expect("size");
-    // tmpfs allocates on write: write it out.
-    let ok = Command::new("dd")
-        .args(["if=/dev/zero", "bs=1M", "conv=notrunc"])
-        .arg(format!("of={}", filler.display()))
-        .arg(format!("count={}", fill >> 20))
-        .status()
-        .is_ok_and(|s| s.success());
-    assert!(ok || walden::store::free_space(&store).unwrap_or(0) < (1 << 20));
+    let blocks = free.saturating_sub(512 << 10) / (64 << 10);
+    crate::harness::run_ok(
+        Command::new("dd")
+            .args(["if=/dev/zero", "bs=64k", "status=none"])
+            .arg(format!("of={}", filler.display()))
+            .arg(format!("count={blocks}")),
+    );
+    let left = walden::store::free_space(&store).expect("free space");
+    assert!(left < (1 << 20), "{left} bytes still free");
     srv.generate_wal(3 << 20);
     let v = d.wait_status(
         "main",

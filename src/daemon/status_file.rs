@@ -134,7 +134,14 @@ pub fn write(store: &Path, status: &StatusFile) -> Result<(), StoreError> {
         path: path.clone(),
         reason: format!("cannot encode: {e}"),
     })?;
-    durable::write_file_atomic(&path, &json)
+    match durable::write_file_atomic(&path, &json) {
+        // The receiver removes `*.tmp` files of its cluster directory when it (re)opens the
+        // store, and may have taken ours between the write and the rename: write it again.
+        Err(StoreError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+            durable::write_file_atomic(&path, &json)
+        }
+        other => other,
+    }
 }
 
 /// Reads the file; `Ok(None)` when there is none.

@@ -117,8 +117,11 @@ impl<'a> Receiver<'a> {
             Ok(ended) => Ok(ended),
             Err(error) => {
                 // Whatever happened, what was received stays durable as .partial.
+                let writer_failed = self.writer.has_stopped();
                 let error = match self.writer.end_stream().await {
                     Ok(_) => error,
+                    // The writer's own error was already taken: `error` is it (or says more).
+                    Err(_) if writer_failed => error,
                     Err(writer_error) if !matches!(error, ReceiveError::Verify(_)) => writer_error,
                     Err(_) => error,
                 };

@@ -115,6 +115,12 @@ impl WriterHandle {
         }
     }
 
+    /// Whether the writer's thread has been joined (its error, if any, already returned by
+    /// [`failure`](Self::failure)).
+    pub fn has_stopped(&self) -> bool {
+        self.thread.is_none()
+    }
+
     /// The writer's error, once it has stopped on one.
     pub async fn failure(&mut self) -> ReceiveError {
         let Some(thread) = self.thread.take() else {
