@@ -44,6 +44,8 @@ pub(super) struct Receiver<'a> {
     /// Where to start instead of the store's own resume point: the next timeline after a
     /// switch, or what the server still has after a gap.
     resume_at: Option<(TimelineId, Lsn)>,
+    /// The writer's completed-segment count already added to the published status.
+    segments_published: u64,
 }
 
 impl<'a> Receiver<'a> {
@@ -107,6 +109,7 @@ impl<'a> Receiver<'a> {
             target,
             conn: Some(conn),
             resume_at: None,
+            segments_published: 0,
         })
     }
 
@@ -435,9 +438,11 @@ impl<'a> Receiver<'a> {
                     let now = *durable.borrow_and_update();
                     let flushed = now.flushed;
                     let arrived = arrivals.flushed(flushed);
+                    let completed = now.segments.saturating_sub(self.segments_published);
+                    self.segments_published = now.segments;
                     publish.update(|s| {
                         s.flushed = Some(flushed);
-                        s.segments_completed = now.segments;
+                        s.segments_completed += completed;
                         if arrived.is_some() {
                             s.flushed_arrived_at = arrived;
                         }

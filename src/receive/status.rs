@@ -55,9 +55,9 @@ pub struct ReceiverStatus {
     pub last_message_at: Option<SystemTime>,
     /// When the newest byte that is now durable arrived from the server.
     pub flushed_arrived_at: Option<SystemTime>,
-    /// WAL bytes received since the receiver started.
+    /// WAL bytes received through this channel (counted across restarts of `run`).
     pub bytes_received: u64,
-    /// Segments completed (renamed to their final name) since the receiver started.
+    /// Segments completed (renamed to their final name) through this channel, likewise.
     pub segments_completed: u64,
     pub last_error: Option<String>,
     pub last_error_at: Option<SystemTime>,
