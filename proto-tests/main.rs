@@ -7,6 +7,7 @@ mod support;
 mod backup;
 mod basebackup_protocol;
 mod check_config;
+mod daemon;
 mod harness_smoke;
 mod identify;
 mod receive;

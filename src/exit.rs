@@ -26,3 +26,6 @@ pub const FETCH_FAULT: u8 = 255;
 pub fn for_pg_error(e: &crate::pg::Error) -> u8 {
     if e.is_config() { USAGE } else { CONNECTION }
 }
+/// `walden status`: at least one cluster is unhealthy (the report says why). Distinct from
+/// 4 so that a monitoring check can tell "unhealthy" from "status itself failed".
+pub const UNHEALTHY: u8 = 6;

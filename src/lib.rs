@@ -8,7 +8,8 @@
 //! - [`inspect`] reports what a store holds and whether it is intact (`list`, `verify`).
 //! - [`receive`] composes them into `walden receive`: the WAL receiver.
 //! - [`backup`] checks base-backup tar archives against their `backup_manifest` (no I/O).
-//! - [`daemon`] reads `walden run`'s configuration file and computes backup schedules.
+//! - [`daemon`] is `walden run` (configuration, schedules, one supervisor per cluster) and
+//!   `walden status`.
 //! - [`exit`], [`logging`] and [`signals`] are shared by the two binaries.
 //!
 //! The binaries in `src/bin/` only parse arguments and call into this library.

@@ -27,7 +27,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::sync::OnceLock;
 
-pub use install::{Pg, missing_versions, run_scenario};
+pub use install::{Pg, installs, missing_versions, run_scenario};
 pub use receivewal::ReceiveWal;
 pub use server::{Server, ServerOptions};
 pub use tls::{TlsFiles, tls_files};

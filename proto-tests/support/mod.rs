@@ -6,6 +6,7 @@
 
 pub mod backup;
 pub mod corrupt_proxy;
+pub mod daemon;
 pub mod fake_walsender;
 pub mod receiver;
 pub mod restore;

@@ -569,7 +569,7 @@ async fn force_switch(config: &ConnConfig) {
 
 /// The connection settings for an SQL session: the database named in the connection string,
 /// else `postgres`.
-fn sql_config(config: &ConnConfig) -> ConnConfig {
+pub(crate) fn sql_config(config: &ConnConfig) -> ConnConfig {
     let mut sql = config.clone();
     if sql.dbname == sql.user || sql.dbname == "replication" {
         sql.dbname = "postgres".to_string();

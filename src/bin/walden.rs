@@ -6,7 +6,7 @@ use std::time::{Duration, SystemTime};
 
 use clap::{Parser, Subcommand};
 use walden::backup::{BackupCompression, BackupOptions};
-use walden::daemon::config;
+use walden::daemon::{config, status};
 use walden::exit;
 use walden::logging::{self, LogFormat};
 use walden::pg::SlotName;
@@ -52,6 +52,15 @@ enum Command {
     Verify(StoreArgs),
     /// Delete old backups, then the WAL only they needed; exit 5 if a backup is running.
     Prune(PruneArgs),
+    /// Run the daemon: receive, back up and prune every configured cluster until SIGTERM;
+    /// SIGHUP reloads the configuration.
+    Run {
+        /// The configuration file.
+        #[arg(long, value_name = "FILE", default_value = config::DEFAULT_PATH)]
+        config: PathBuf,
+    },
+    /// Show each cluster's receiver, slot, backups and store; exit 6 if one is unhealthy.
+    Status(StatusArgs),
     /// Validate the daemon's configuration file and print what it says; exit 2 if invalid.
     CheckConfig {
         /// The configuration file.
@@ -132,6 +141,23 @@ struct StoreArgs {
 }
 
 #[derive(clap::Args)]
+struct StatusArgs {
+    /// The daemon's configuration file (the default without --store); also asks each
+    /// primary about its replication slot.
+    #[arg(long, value_name = "FILE", conflicts_with = "store")]
+    config: Option<PathBuf>,
+    /// Read the store directly: status.json as the daemon wrote it, and the store.
+    #[arg(long, value_name = "DIR")]
+    store: Option<PathBuf>,
+    /// Only this cluster.
+    #[arg(long, value_name = "NAME")]
+    cluster: Option<ClusterName>,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(clap::Args)]
 struct PruneArgs {
     #[command(flatten)]
     target: StoreArgs,
@@ -195,6 +221,8 @@ fn main() -> ExitCode {
             Command::List(args) => list(&args),
             Command::Verify(args) => verify(&args),
             Command::Prune(args) => prune(&args),
+            Command::Run { config } => run(&config).await,
+            Command::Status(args) => status(args).await,
             Command::CheckConfig { config } => check_config(&config),
         }
     });
@@ -234,6 +262,7 @@ async fn receive(args: ReceiveArgs) -> u8 {
             (false, None) => StopAt::Never,
         },
         max_backoff: Duration::from_secs(30),
+        status: None,
     };
     let shutdown = match walden::signals::shutdown_on_signal() {
         Ok(rx) => rx,
@@ -280,6 +309,68 @@ fn verify(args: &StoreArgs) -> u8 {
             }
         }
         Err(e) => store_error(&e),
+    }
+}
+
+async fn run(path: &std::path::Path) -> u8 {
+    let signals = walden::signals::shutdown_on_signal()
+        .and_then(|s| Ok((s, walden::signals::reload_on_hangup()?)));
+    let (shutdown, reload) = match signals {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("walden: error: cannot install signal handlers: {e}");
+            return exit::FAILURE;
+        }
+    };
+    match walden::daemon::supervisor::run(path, shutdown, reload).await {
+        Ok(()) => exit::OK,
+        Err(e) => {
+            eprintln!("walden: error: {e}");
+            e.exit_code()
+        }
+    }
+}
+
+async fn status(args: StatusArgs) -> u8 {
+    let now = SystemTime::now();
+    let report = match (&args.store, &args.config) {
+        (Some(store), _) => match status::from_store(store, args.cluster.as_ref(), now) {
+            Ok(report) => report,
+            Err(e) => {
+                eprintln!("walden: error: {e}");
+                return exit::FAILURE;
+            }
+        },
+        (None, config) => {
+            let path = config
+                .clone()
+                .unwrap_or_else(|| PathBuf::from(config::DEFAULT_PATH));
+            let mut loaded = match config::load(&path) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("walden: error: {e}");
+                    return exit::USAGE;
+                }
+            };
+            if let Some(only) = &args.cluster {
+                loaded.clusters.retain(|c| &c.name == only);
+                if loaded.clusters.is_empty() {
+                    eprintln!("walden: error: {} has no [cluster.{only}]", path.display());
+                    return exit::USAGE;
+                }
+            }
+            status::from_config(&loaded, now).await
+        }
+    };
+    if args.json {
+        println!("{}", json(&report));
+    } else {
+        print!("{}", report.to_text());
+    }
+    if report.healthy {
+        exit::OK
+    } else {
+        exit::UNHEALTHY
     }
 }
 

@@ -1,6 +1,11 @@
-//! `walden run`'s ground work: the configuration file ([`config`]: parsed, validated, one
-//! error per line that names the file, the line and the fix) and the backup schedule
-//! arithmetic ([`schedule`]: when is the next base backup due).
+//! `walden run` and `walden status`: the configuration file ([`config`]: parsed, validated,
+//! one error per line that names the file, the line and the fix), the backup schedule
+//! arithmetic ([`schedule`]), the supervisor that keeps every cluster's receiver, backups and
+//! retention going ([`supervisor`]), the status file it writes ([`status_file`]) and the
+//! status report built from it ([`status`]).
 
 pub mod config;
 pub mod schedule;
+pub mod status;
+pub mod status_file;
+pub mod supervisor;

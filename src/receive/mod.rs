@@ -9,9 +9,14 @@
 //!
 //! Failures that retrying cannot fix (authentication, a missing slot, a store that belongs to
 //! another cluster, WAL that fails verification) end the run with an error instead.
+//!
+//! A supervisor can follow the receiver through [`ReceiveOptions::status`] ([`status`]).
 
 mod session;
+mod status;
 mod writer;
+
+pub use status::{ReceiverState, ReceiverStatus};
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -40,6 +45,8 @@ pub struct ReceiveOptions {
     pub stop: StopAt,
     /// Longest wait between reconnection attempts.
     pub max_backoff: Duration,
+    /// Where to publish the receiver's state and positions (`walden run`); `None` for none.
+    pub status: Option<watch::Sender<ReceiverStatus>>,
 }
 
 /// When to stop without being told to.
@@ -116,7 +123,22 @@ fn transient_sqlstate(code: &str) -> bool {
 /// everything received is made durable and reported first.
 pub async fn run(
     options: &ReceiveOptions,
+    shutdown: watch::Receiver<bool>,
+) -> Result<(), ReceiveError> {
+    let publish = status::Publisher(options.status.as_ref());
+    publish.state(ReceiverState::Connecting);
+    let result = run_sessions(options, shutdown, publish).await;
+    if let Err(e) = &result {
+        publish.error(e);
+    }
+    publish.state(ReceiverState::Stopped);
+    result
+}
+
+async fn run_sessions(
+    options: &ReceiveOptions,
     mut shutdown: watch::Receiver<bool>,
+    publish: status::Publisher<'_>,
 ) -> Result<(), ReceiveError> {
     let config =
         ConnConfig::parse(&options.source).map_err(|e| ReceiveError::Pg(pg::Error::Config(e)))?;
@@ -139,6 +161,7 @@ pub async fn run(
                 if streamed {
                     backoff = INITIAL_BACKOFF;
                 }
+                publish.error(&error);
                 tracing::warn!("{error}; reconnecting in {:.1} s", backoff.as_secs_f64());
             }
             Err(session::Failure { error, .. }) => {
@@ -146,10 +169,15 @@ pub async fn run(
                 return Err(error);
             }
         }
-        tokio::select! {
-            _ = tokio::time::sleep(backoff) => {}
-            _ = shutdown.wait_for(|stop| *stop) => return receiver.finish().await,
+        publish.state(ReceiverState::WaitingToReconnect);
+        let stopped = tokio::select! {
+            _ = tokio::time::sleep(backoff) => false,
+            _ = shutdown.wait_for(|stop| *stop) => true,
+        };
+        if stopped {
+            return receiver.finish().await;
         }
+        publish.state(ReceiverState::Connecting);
         backoff = (backoff * 2).min(options.max_backoff);
     }
 }

@@ -1,10 +1,11 @@
 //! One connection's worth of streaming: where to start, which timeline, the CopyBoth loop,
 //! status updates, timeline switches, and classifying what the server says when it refuses.
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use tokio::sync::watch;
 
+use super::status::{Arrivals, Publisher, ReceiverState};
 use super::writer::{Command, WriterHandle, segment_start};
 use super::{ReceiveError, ReceiveOptions, StopAt};
 use crate::pg::{
@@ -43,6 +44,8 @@ pub(super) struct Receiver<'a> {
     /// Where to start instead of the store's own resume point: the next timeline after a
     /// switch, or what the server still has after a gap.
     resume_at: Option<(TimelineId, Lsn)>,
+    /// The writer's completed-segment count already added to the published status.
+    segments_published: u64,
 }
 
 impl<'a> Receiver<'a> {
@@ -106,6 +109,7 @@ impl<'a> Receiver<'a> {
             target,
             conn: Some(conn),
             resume_at: None,
+            segments_published: 0,
         })
     }
 
@@ -116,8 +120,11 @@ impl<'a> Receiver<'a> {
             Ok(ended) => Ok(ended),
             Err(error) => {
                 // Whatever happened, what was received stays durable as .partial.
+                let writer_failed = self.writer.has_stopped();
                 let error = match self.writer.end_stream().await {
                     Ok(_) => error,
+                    // The writer's own error was already taken: `error` is it (or says more).
+                    Err(_) if writer_failed => error,
                     Err(writer_error) if !matches!(error, ReceiveError::Verify(_)) => writer_error,
                     Err(_) => error,
                 };
@@ -176,6 +183,8 @@ impl<'a> Receiver<'a> {
                 }
                 StartReply::Streaming => {}
             }
+            self.publisher().update(|s| s.timeline = Some(tli));
+            self.publisher().state(ReceiverState::Streaming);
             let config = VerifierConfig {
                 seg_size: self.identity.wal_segment_size,
                 magic: self.magic,
@@ -204,6 +213,10 @@ impl<'a> Receiver<'a> {
                 Err(e) => return self.handle_stream_error(e, tli, start).await,
             }
         }
+    }
+
+    fn publisher(&self) -> Publisher<'a> {
+        Publisher(self.options.status.as_ref())
     }
 
     /// A new connection after a failure: the same server as before?
@@ -400,6 +413,8 @@ impl<'a> Receiver<'a> {
     ) -> Result<Copy, ReceiveError> {
         let mut received = start;
         let mut durable = self.writer.durable.clone();
+        let publish = self.publisher();
+        let mut arrivals = Arrivals::default();
         let mut ticker = tokio::time::interval(self.options.status_interval.max(MIN_STATUS));
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut batch = Batch::default();
@@ -411,7 +426,7 @@ impl<'a> Receiver<'a> {
             let paused = tokio::time::Instant::now() < next_read;
             tokio::select! {
                 biased;
-                _ = shutdown.wait_for(|stop| *stop) => {
+                _ = crate::signals::requested(shutdown) => {
                     self.flush_batch(&mut batch).await?;
                     self.stop(conn, received).await?;
                     return Ok(Copy::Stopped);
@@ -420,7 +435,18 @@ impl<'a> Receiver<'a> {
                     if changed.is_err() || durable.borrow().failed {
                         return Err(self.writer.failure().await);
                     }
-                    let flushed = durable.borrow_and_update().flushed;
+                    let now = *durable.borrow_and_update();
+                    let flushed = now.flushed;
+                    let arrived = arrivals.flushed(flushed);
+                    let completed = now.segments.saturating_sub(self.segments_published);
+                    self.segments_published = now.segments;
+                    publish.update(|s| {
+                        s.flushed = Some(flushed);
+                        s.segments_completed += completed;
+                        if arrived.is_some() {
+                            s.flushed_arrived_at = arrived;
+                        }
+                    });
                     send_status(conn, received, flushed).await?;
                     if self.target.is_some_and(|target| flushed >= target) {
                         self.flush_batch(&mut batch).await?;
@@ -443,16 +469,19 @@ impl<'a> Receiver<'a> {
                 frame = conn.recv(), if !paused => {
                     // This frame and every other one already read: one batch for the writer.
                     let before = received;
+                    let mut server_end = None;
                     let mut next = Some(frame?);
                     while let Some(frame) = next {
                         let event = conn.stream_event(frame).await?;
                         match event {
                             StreamEvent::Message(ServerMessage::XLogData(x)) => {
                                 *streamed = true;
+                                server_end = Some(x.wal_end);
                                 received = received.max(Lsn(x.start.0 + x.data.len() as u64));
                                 batch.push(x.start, x.data);
                             }
                             StreamEvent::Message(ServerMessage::Keepalive(k)) => {
+                                server_end = Some(k.wal_end);
                                 if k.reply_requested {
                                     // Answer now, and fsync so that the next answer (sent
                                     // when the flush lands) lets a shutting-down server finish.
@@ -475,6 +504,18 @@ impl<'a> Receiver<'a> {
                         }
                         next = conn.try_recv_buffered()?;
                     }
+                    let arrived = SystemTime::now();
+                    if received > before {
+                        arrivals.push(received, arrived);
+                    }
+                    publish.update(|s| {
+                        s.last_message_at = Some(arrived);
+                        s.received = Some(received);
+                        s.bytes_received += received.0 - before.0;
+                        if let Some(end) = server_end {
+                            s.server_wal_end = Some(end);
+                        }
+                    });
                     // Pause only when the socket had little: a busy stream is read flat out.
                     if let Some(pace) = pace
                         && received.0 - before.0 < PACE_BELOW

@@ -35,6 +35,8 @@ pub(super) struct Durable {
     pub flushed: Lsn,
     /// The writer stopped on an error; join it to learn which.
     pub failed: bool,
+    /// Segments completed since the writer started.
+    pub segments: u64,
 }
 
 /// The network task's side of the writer.
@@ -56,6 +58,7 @@ impl WriterHandle {
         let (durable_tx, durable) = watch::channel(Durable {
             flushed: Lsn::INVALID,
             failed: false,
+            segments: 0,
         });
         let thread = tokio::task::spawn_blocking(move || {
             let mut writer = Writer {
@@ -110,6 +113,12 @@ impl WriterHandle {
             Ok(value) => Ok(value),
             Err(_) => Err(self.failure().await),
         }
+    }
+
+    /// Whether the writer's thread has been joined (its error, if any, already returned by
+    /// [`failure`](Self::failure)).
+    pub fn has_stopped(&self) -> bool {
+        self.thread.is_none()
     }
 
     /// The writer's error, once it has stopped on one.
@@ -238,7 +247,10 @@ impl Writer {
                 })?;
                 done.finish(compression)?;
                 let end = stream.next;
-                self.durable.send_modify(|d| d.flushed = d.flushed.max(end));
+                self.durable.send_modify(|d| {
+                    d.flushed = d.flushed.max(end);
+                    d.segments += 1;
+                });
             }
         }
         Ok(())

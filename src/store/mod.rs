@@ -7,6 +7,7 @@
 //!                                wal_segment_size, created (UTC), format (1)
 //! STORE/<cluster>/lock           flock'd by the one writer; holds its pid as text
 //! STORE/<cluster>/gaps.json      WAL the server no longer had when we needed it (absent = none)
+//! STORE/<cluster>/status.json    written by `walden run` (`daemon::status_file`), never by the store
 //! STORE/<cluster>/wal/<first 16 hex digits of the name>/<segment>[.zst|.partial]
 //! STORE/<cluster>/wal/NNNNNNNN.history
 //! STORE/<cluster>/backups/lock   flock'd for the moment a backup directory is created,

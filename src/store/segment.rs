@@ -280,7 +280,12 @@ fn create_preallocated(path: &Path, len: u64) -> Result<File> {
             file.set_len(len)
                 .map_err(|e| StoreError::io("set the size of", &tmp, e))?;
         }
-        Err(e) => return Err(StoreError::io("preallocate", &tmp, e.into())),
+        Err(e) => {
+            // Disk full, most likely: do not leave a file holding part of the space.
+            drop(file);
+            let _ = fs::remove_file(&tmp);
+            return Err(StoreError::io("preallocate", &tmp, e.into()));
+        }
     }
     durable::sync_file(&file, &tmp)?;
     durable::rename_synced(&tmp, path)?;
