@@ -10,6 +10,7 @@ mod check_config;
 mod daemon;
 mod harness_smoke;
 mod identify;
+mod quickstart;
 mod receive;
 mod replication_commands;
 mod restore;
