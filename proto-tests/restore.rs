@@ -376,3 +376,75 @@ proto_test!(restore_from_a_compressed_store_with_prefetch, |pg: &Pg| {
         "restore_command should prefetch:\n{auto_conf}"
     );
 });
+
+proto_test!(every_kept_backup_restores_after_prune, |pg: &Pg| {
+    let srv = pg.start_with(ServerOptions::default().conf("track_commit_timestamp = on"));
+    let store = new_store(&srv);
+    let receiver = start_receiver(&srv, &store);
+    setup_marks(&srv);
+    // Three backups, each after one more step and a segment switch.
+    let mut ids = Vec::new();
+    for step in 1..=3 {
+        mark(&srv, step);
+        srv.switch_wal();
+        let out = run_backup(&srv.conninfo(U_TRUST), &store, &["--label", "prune"], T);
+        out.assert_ok();
+        ids.push(crate::support::backup::BackupsView::new(&store, "main").complete());
+    }
+    mark(&srv, 4);
+    wait_flushed(&srv, srv.insert_lsn(), || receiver.context());
+    let all = ids.last().expect("three backups").clone();
+    assert_eq!(all.len(), 3, "{all:?}");
+    let view = StoreView::new(&store, "main", srv.wal_seg_size());
+    let first_segment = view.completed().first().cloned().expect("some WAL");
+
+    let out = walden_cmd()
+        .args(["prune", "--store"])
+        .arg(&store)
+        .args(["--keep-backups", "2", "--json"])
+        .output()
+        .expect("run walden prune");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "prune failed: {text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_str(&text).expect("prune --json");
+    assert_eq!(
+        report["deleted_backups"][0]["id"],
+        all[0].as_str(),
+        "{report}"
+    );
+    let kept = crate::support::backup::BackupsView::new(&store, "main").complete();
+    assert_eq!(kept, all[1..].to_vec(), "{report}");
+    assert!(
+        !view.has_completed(&first_segment),
+        "WAL before the oldest kept backup should be gone: {report}"
+    );
+
+    // Each kept backup still restores on its own (to its end), and latest from the oldest.
+    for (i, id) in kept.iter().enumerate() {
+        let r = restore_and_start(
+            pg,
+            &store,
+            &[
+                "--backup",
+                id,
+                "--target-immediate",
+                "--target-action",
+                "promote",
+            ],
+            &[],
+        );
+        let n = u32::try_from(i).expect("small") + 2;
+        assert_eq!(
+            steps(&r.server),
+            (upto(n), upto(n)),
+            "backup {id} restored to its end\n{}",
+            r.run.context()
+        );
+    }
+    let r = restore_and_start(pg, &store, &["--backup", &kept[0]], &[]);
+    assert_eq!(steps(&r.server), (upto(4), upto(4)), "{}", r.run.context());
+});
