@@ -3,4 +3,5 @@
 //! arithmetic ([`schedule`]: when is the next base backup due).
 
 pub mod config;
+pub mod http;
 pub mod schedule;
