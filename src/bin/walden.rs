@@ -7,6 +7,7 @@ use std::time::{Duration, SystemTime};
 use clap::{Parser, Subcommand};
 use walden::backup::{BackupCompression, BackupOptions};
 use walden::daemon::config;
+use walden::daemon::http::{HttpError, StoreStatus};
 use walden::exit;
 use walden::logging::{self, LogFormat};
 use walden::pg::SlotName;
@@ -52,6 +53,9 @@ enum Command {
     Verify(StoreArgs),
     /// Delete old backups, then the WAL only they needed; exit 5 if a backup is running.
     Prune(PruneArgs),
+    /// Serve the store over HTTP(S) until SIGINT/SIGTERM: /healthz, /status, /metrics and the
+    /// read-only store API that `walden-restore --from http(s)://HOST:PORT` restores from.
+    Serve(ServeArgs),
     /// Validate the daemon's configuration file and print what it says; exit 2 if invalid.
     CheckConfig {
         /// The configuration file.
@@ -147,6 +151,25 @@ struct PruneArgs {
 }
 
 #[derive(clap::Args)]
+struct ServeArgs {
+    /// The store directory.
+    #[arg(long, value_name = "DIR")]
+    store: PathBuf,
+    /// Address and port to listen on.
+    #[arg(long, value_name = "ADDR:PORT", default_value = "127.0.0.1:7480")]
+    listen: std::net::SocketAddr,
+    /// File holding the bearer token every request but /healthz must carry.
+    #[arg(long, value_name = "FILE")]
+    token_file: PathBuf,
+    /// Serve HTTPS with this certificate chain (PEM); needs --tls-key.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The certificate's private key (PEM).
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+}
+
+#[derive(clap::Args)]
 struct ReceiveArgs {
     #[command(flatten)]
     target: ServerAndStore,
@@ -195,6 +218,7 @@ fn main() -> ExitCode {
             Command::List(args) => list(&args),
             Command::Verify(args) => verify(&args),
             Command::Prune(args) => prune(&args),
+            Command::Serve(args) => serve(args).await,
             Command::CheckConfig { config } => check_config(&config),
         }
     });
@@ -247,6 +271,49 @@ async fn receive(args: ReceiveArgs) -> u8 {
         Err(e) => {
             eprintln!("walden: error: {e}");
             e.exit_code()
+        }
+    }
+}
+
+async fn serve(args: ServeArgs) -> u8 {
+    let tls = match (args.tls_cert, args.tls_key) {
+        (Some(cert), Some(key)) => Some(config::TlsFiles { cert, key }),
+        _ => None,
+    };
+    if tls.is_none() && !args.listen.ip().is_loopback() {
+        tracing::warn!(
+            "listening on {} without TLS: the token and the backups cross the network in clear (use --tls-cert and --tls-key)",
+            args.listen
+        );
+    }
+    let http = config::HttpConfig {
+        listen: args.listen,
+        token_file: args.token_file,
+        tls,
+    };
+    if !args.store.is_dir() {
+        eprintln!(
+            "walden: error: store {} is not a directory: check --store",
+            args.store.display()
+        );
+        return exit::USAGE;
+    }
+    let shutdown = match walden::signals::shutdown_on_signal() {
+        Ok(rx) => rx,
+        Err(e) => {
+            eprintln!("walden: error: cannot install signal handlers: {e}");
+            return exit::FAILURE;
+        }
+    };
+    let status = std::sync::Arc::new(StoreStatus::new(&args.store));
+    match walden::daemon::http::serve(&http, args.store, status, shutdown).await {
+        Ok(()) => exit::OK,
+        Err(e) => {
+            eprintln!("walden: error: {e}");
+            match e {
+                HttpError::Bind { .. } => exit::FAILURE,
+                _ => exit::USAGE,
+            }
         }
     }
 }

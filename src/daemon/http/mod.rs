@@ -411,4 +411,6 @@ fn respond(reply: Reply) -> Response<Body> {
 }
 
 #[cfg(test)]
+pub(crate) mod testing;
+#[cfg(test)]
 mod tests;
