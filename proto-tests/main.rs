@@ -8,6 +8,7 @@ mod backup;
 mod basebackup_protocol;
 mod check_config;
 mod harness_smoke;
+mod http;
 mod identify;
 mod receive;
 mod replication_commands;
