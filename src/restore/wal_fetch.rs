@@ -41,6 +41,13 @@
 //! A complete, uncompressed segment is copied by the kernel (`copy_file_range`) after its
 //! size and first page header are checked; other files stream through a 256 KiB buffer.
 //!
+//! # From a walden server
+//! With `--from http(s)://...` ([`WalFetcher::open_source`]) the same rules hold over the
+//! store API: `cluster.json` is one request, a lookup is a `HEAD` and the copy a `GET` on the
+//! same connection. The server sends the file as stored (`.zst`, `.partial` or plain) and
+//! the checks, decompression and zero-filling happen here, as for a local store. A 404 is
+//! "not found"; a 401, a TLS or network error or a 5xx (after two quick retries) is a fault.
+//!
 //! # Prefetch spool
 //! With `--prefetch N` a detached child ([`WalFetcher::fill_spool`]) copies the next N
 //! segments of the same timeline into a spool directory outside PGDATA, and the next call
