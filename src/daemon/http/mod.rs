@@ -191,8 +191,12 @@ impl Server {
         let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
         let mut connections = tokio::task::JoinSet::new();
         loop {
-            let Ok(permit) = slots.clone().acquire_owned().await else {
-                break;
+            let permit = tokio::select! {
+                _ = stopped(&mut shutdown) => break,
+                permit = slots.clone().acquire_owned() => match permit {
+                    Ok(p) => p,
+                    Err(_) => break,
+                },
             };
             let accepted = tokio::select! {
                 _ = stopped(&mut shutdown) => break,
