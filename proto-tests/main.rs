@@ -9,6 +9,7 @@ mod basebackup_protocol;
 mod check_config;
 mod daemon;
 mod harness_smoke;
+mod http;
 mod identify;
 mod quickstart;
 mod receive;

@@ -17,6 +17,7 @@
 pub mod backup;
 pub mod daemon;
 pub mod exit;
+pub mod http_api;
 pub mod identify;
 pub mod inspect;
 pub mod logging;

@@ -13,7 +13,7 @@ use walden::restore::plan::{
     TargetXid,
 };
 use walden::restore::wal_fetch::{Spool, WalFetcher, WalRequest};
-use walden::restore::{RestoreOptions, restore};
+use walden::restore::{RestoreOptions, Source, from_args, restore};
 use walden::store::ClusterName;
 use walden::wal::{Lsn, UtcTime};
 
@@ -45,9 +45,8 @@ enum Command {
 #[derive(clap::Args)]
 #[command(group(clap::ArgGroup::new("target").multiple(false)))]
 struct RestoreArgs {
-    /// The store directory.
-    #[arg(long, value_name = "STORE")]
-    from: PathBuf,
+    #[command(flatten)]
+    from: FromArgs,
     /// Name of the cluster in the store.
     #[arg(long, value_name = "NAME", default_value = "main")]
     cluster: ClusterName,
@@ -121,11 +120,31 @@ struct RestoreArgs {
     log_format: LogFormat,
 }
 
+/// Where the store is: a directory, or a walden server's URL with its token.
+#[derive(clap::Args, Clone)]
+struct FromArgs {
+    /// The store: a directory, or http(s)://HOST:PORT of `walden serve` / `walden run`.
+    #[arg(long, value_name = "STORE|URL")]
+    from: String,
+    /// With a URL: the file holding the server's bearer token (default: $WALDEN_TOKEN).
+    #[arg(long, value_name = "FILE")]
+    token_file: Option<PathBuf>,
+    /// With an https URL: CA certificates (PEM) to verify the server with (default: the
+    /// system's).
+    #[arg(long, value_name = "FILE", env = "WALDEN_CA_FILE")]
+    ca_file: Option<PathBuf>,
+}
+
+impl FromArgs {
+    fn source(&self) -> Result<Source, walden::store::StoreError> {
+        Source::new(&self.from, self.token_file.clone(), self.ca_file.clone())
+    }
+}
+
 #[derive(clap::Args)]
 struct WalFetchArgs {
-    /// The store directory.
-    #[arg(long, value_name = "STORE")]
-    from: PathBuf,
+    #[command(flatten)]
+    from: FromArgs,
     /// Name of the cluster in the store.
     #[arg(long, value_name = "NAME", default_value = "main")]
     cluster: ClusterName,
@@ -143,8 +162,8 @@ struct WalFetchArgs {
 
 #[derive(clap::Args)]
 struct WalPrefetchArgs {
-    #[arg(long)]
-    from: PathBuf,
+    #[command(flatten)]
+    from: FromArgs,
     #[arg(long)]
     cluster: ClusterName,
     #[arg(long)]
@@ -182,8 +201,15 @@ fn run_restore(args: RestoreArgs) -> u8 {
     } else {
         RecoveryTarget::Latest
     };
+    let source = match args.from.source() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("walden-restore: error: {e}");
+            return exit::USAGE;
+        }
+    };
     let options = RestoreOptions {
-        store: args.from,
+        source,
         cluster: args.cluster,
         pgdata: args.pgdata,
         request: PlanRequest {
@@ -231,7 +257,11 @@ fn wal_fetch(args: &WalFetchArgs) -> u8 {
         eprintln!("walden-restore wal-fetch {}: {e}", args.file);
         exit::FETCH_FAULT
     };
-    let fetcher = match WalFetcher::open(&args.from, &args.cluster) {
+    let source = match args.from.source() {
+        Ok(s) => s,
+        Err(e) => return fault(&e),
+    };
+    let fetcher = match WalFetcher::open_source(&source, &args.cluster) {
         Ok(f) => f,
         Err(e) => return fault(&e),
     };
@@ -258,7 +288,7 @@ fn wal_fetch(args: &WalFetchArgs) -> u8 {
         Ok(None) => exit::NOT_FOUND,
         Ok(Some(_)) => {
             if let Some(spool) = &spool {
-                start_prefetch(args, spool.dir());
+                start_prefetch(args, &source, spool.dir());
             }
             exit::OK
         }
@@ -268,15 +298,14 @@ fn wal_fetch(args: &WalFetchArgs) -> u8 {
 
 /// Starts `wal-prefetch` detached: its own process group, no standard streams, not waited
 /// for, so this call returns at once. A failure to start it only costs speed.
-fn start_prefetch(args: &WalFetchArgs, spool: &Path) {
+fn start_prefetch(args: &WalFetchArgs, source: &Source, spool: &Path) {
     use std::os::unix::process::CommandExt;
     let Ok(exe) = std::env::current_exe() else {
         return;
     };
     let spawned = Process::new(exe)
         .arg("wal-prefetch")
-        .arg("--from")
-        .arg(&args.from)
+        .args(from_args(source))
         .arg("--cluster")
         .arg(args.cluster.as_str())
         .arg("--spool")
@@ -295,7 +324,8 @@ fn start_prefetch(args: &WalFetchArgs, spool: &Path) {
 }
 
 fn wal_prefetch(args: &WalPrefetchArgs) -> Result<u32, String> {
-    let fetcher = WalFetcher::open(&args.from, &args.cluster).map_err(|e| e.to_string())?;
+    let source = args.from.source().map_err(|e| e.to_string())?;
+    let fetcher = WalFetcher::open_source(&source, &args.cluster).map_err(|e| e.to_string())?;
     let Some(WalRequest::Segment { tli, segno }) = fetcher.request(&args.file) else {
         return Ok(0);
     };

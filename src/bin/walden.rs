@@ -7,6 +7,7 @@ use std::time::{Duration, SystemTime};
 use clap::{Parser, Subcommand};
 use walden::backup::{BackupCompression, BackupOptions};
 use walden::daemon::{config, status};
+use walden::daemon::http::{HttpError, StoreStatus};
 use walden::exit;
 use walden::logging::{self, LogFormat};
 use walden::pg::SlotName;
@@ -61,6 +62,9 @@ enum Command {
     },
     /// Show each cluster's receiver, slot, backups and store; exit 6 if one is unhealthy.
     Status(StatusArgs),
+    /// Serve the store over HTTP(S) until SIGINT/SIGTERM: /healthz, /status, /metrics and the
+    /// read-only store API that `walden-restore --from http(s)://HOST:PORT` restores from.
+    Serve(ServeArgs),
     /// Validate the daemon's configuration file and print what it says; exit 2 if invalid.
     CheckConfig {
         /// The configuration file.
@@ -173,6 +177,25 @@ struct PruneArgs {
 }
 
 #[derive(clap::Args)]
+struct ServeArgs {
+    /// The store directory.
+    #[arg(long, value_name = "DIR")]
+    store: PathBuf,
+    /// Address and port to listen on.
+    #[arg(long, value_name = "ADDR:PORT", default_value = "127.0.0.1:7480")]
+    listen: std::net::SocketAddr,
+    /// File holding the bearer token every request but /healthz must carry.
+    #[arg(long, value_name = "FILE")]
+    token_file: PathBuf,
+    /// Serve HTTPS with this certificate chain (PEM); needs --tls-key.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The certificate's private key (PEM).
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+}
+
+#[derive(clap::Args)]
 struct ReceiveArgs {
     #[command(flatten)]
     target: ServerAndStore,
@@ -223,6 +246,7 @@ fn main() -> ExitCode {
             Command::Prune(args) => prune(&args),
             Command::Run { config } => run(&config).await,
             Command::Status(args) => status(args).await,
+            Command::Serve(args) => serve(args).await,
             Command::CheckConfig { config } => check_config(&config),
         }
     });
@@ -276,6 +300,49 @@ async fn receive(args: ReceiveArgs) -> u8 {
         Err(e) => {
             eprintln!("walden: error: {e}");
             e.exit_code()
+        }
+    }
+}
+
+async fn serve(args: ServeArgs) -> u8 {
+    let tls = match (args.tls_cert, args.tls_key) {
+        (Some(cert), Some(key)) => Some(config::TlsFiles { cert, key }),
+        _ => None,
+    };
+    if tls.is_none() && !args.listen.ip().is_loopback() {
+        tracing::warn!(
+            "listening on {} without TLS: the token and the backups cross the network in clear (use --tls-cert and --tls-key)",
+            args.listen
+        );
+    }
+    let http = config::HttpConfig {
+        listen: args.listen,
+        token_file: args.token_file,
+        tls,
+    };
+    if !args.store.is_dir() {
+        eprintln!(
+            "walden: error: store {} is not a directory: check --store",
+            args.store.display()
+        );
+        return exit::USAGE;
+    }
+    let shutdown = match walden::signals::shutdown_on_signal() {
+        Ok(rx) => rx,
+        Err(e) => {
+            eprintln!("walden: error: cannot install signal handlers: {e}");
+            return exit::FAILURE;
+        }
+    };
+    let status = std::sync::Arc::new(StoreStatus::new(&args.store));
+    match walden::daemon::http::serve(&http, args.store, status, shutdown).await {
+        Ok(()) => exit::OK,
+        Err(e) => {
+            eprintln!("walden: error: {e}");
+            match e {
+                HttpError::Bind { .. } => exit::FAILURE,
+                _ => exit::USAGE,
+            }
         }
     }
 }

@@ -5,6 +5,7 @@
 //! status report built from it ([`status`]).
 
 pub mod config;
+pub mod http;
 pub mod schedule;
 pub mod status;
 pub mod status_file;

@@ -24,6 +24,7 @@ mod query;
 mod replication;
 mod stream;
 mod tls;
+pub(crate) use tls::system_bundle;
 
 pub use basebackup::{
     BackupEvent, BaseBackupOptionError, BaseBackupOptions, BaseBackupStream, TablespaceInfo,

@@ -497,7 +497,7 @@ fn load_trust(settings: &TlsSettings, home: Option<&Path>) -> Result<Trust, TlsE
     }
 }
 
-fn system_bundle() -> Result<PathBuf, TlsError> {
+pub(crate) fn system_bundle() -> Result<PathBuf, TlsError> {
     if let Some(file) = std::env::var_os("SSL_CERT_FILE").filter(|f| !f.is_empty()) {
         return Ok(PathBuf::from(file));
     }

@@ -11,8 +11,10 @@
 pub mod extract;
 pub mod plan;
 pub mod recovery;
+pub mod remote;
 pub mod wal_fetch;
 
+use std::ffi::OsString;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -22,11 +24,92 @@ use crate::store::{ClusterName, ClusterReader, StoreError, WalArchive, backup_di
 use extract::{BackupFiles, ExtractError, ExtractOptions, ExtractSummary, LocalBackupFiles, Owner};
 use plan::{Plan, PlanError, PlanRequest, RecoveryTarget, TargetAction};
 use recovery::{RecoveryError, RecoveryFiles, RecoverySettings, TargetKind};
+use remote::{RemoteCluster, RemoteSpec, RemoteStore};
+
+/// Where a restore or `wal-fetch` reads the store: a directory, or a walden server.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Source {
+    Local(PathBuf),
+    Remote(RemoteSpec),
+}
+
+impl Source {
+    /// `--from`: an `http://` or `https://` URL (with the token and CA files for it), else a
+    /// directory.
+    pub fn new(
+        from: &str,
+        token_file: Option<PathBuf>,
+        ca_file: Option<PathBuf>,
+    ) -> Result<Source, StoreError> {
+        match RemoteSpec::parse(from, token_file, ca_file) {
+            Some(spec) => Ok(Source::Remote(spec?)),
+            None => Ok(Source::Local(PathBuf::from(from))),
+        }
+    }
+}
+
+/// A source opened on one cluster.
+enum Opened {
+    Local {
+        store: PathBuf,
+        reader: ClusterReader,
+    },
+    Remote(RemoteCluster),
+}
+
+impl Opened {
+    fn open(source: &Source, cluster: &ClusterName) -> Result<Opened, StoreError> {
+        Ok(match source {
+            Source::Local(store) => Opened::Local {
+                store: store.clone(),
+                reader: ClusterReader::open(store, cluster)?,
+            },
+            Source::Remote(spec) => Opened::Remote(RemoteStore::new(spec)?.cluster(cluster)?),
+        })
+    }
+
+    fn archive(&self) -> &dyn WalArchive {
+        match self {
+            Opened::Local { reader, .. } => reader,
+            Opened::Remote(remote) => remote,
+        }
+    }
+
+    /// The complete backups: id and `backup.json` (None if unreadable), oldest first.
+    fn backups(
+        &self,
+        cluster: &ClusterName,
+    ) -> Result<Vec<(String, Option<serde_json::Value>)>, StoreError> {
+        Ok(match self {
+            Opened::Local { store, .. } => list_backups(store, cluster)?
+                .into_iter()
+                .filter(|b| !b.in_progress && !b.abandoned)
+                .map(|b| (b.id.to_string(), b.json))
+                .collect(),
+            Opened::Remote(remote) => remote
+                .backups()?
+                .into_iter()
+                .map(|b| (b.id, Some(b.backup)))
+                .collect(),
+        })
+    }
+
+    fn files(&self, cluster: &ClusterName, id: &str) -> Result<Box<dyn BackupFiles>, StoreError> {
+        Ok(match self {
+            Opened::Local { store, .. } => Box::new(LocalBackupFiles::new(backup_dir(
+                store,
+                cluster,
+                id.parse()?,
+            ))),
+            Opened::Remote(remote) => Box::new(remote.backup_files(id)),
+        })
+    }
+}
 
 /// Everything `walden-restore restore` was asked to do.
 #[derive(Clone, Debug)]
 pub struct RestoreOptions {
-    pub store: PathBuf,
+    pub source: Source,
     pub cluster: ClusterName,
     pub pgdata: PathBuf,
     pub request: PlanRequest,
@@ -74,6 +157,16 @@ pub enum RestoreError {
         store: String,
         why: String,
     },
+    #[error(
+        "restore_command will not work for the server: {why}. The binary {exe} must be executable and {files} readable by {user}, and {url} must accept the token: install walden-restore in a shared directory such as /usr/local/bin and give that user read access to those files"
+    )]
+    UnreachableRemote {
+        user: String,
+        exe: String,
+        files: String,
+        url: String,
+        why: String,
+    },
 }
 
 impl RestoreError {
@@ -87,7 +180,9 @@ impl RestoreError {
             RestoreError::Plan(e) => e.exit_code(),
             RestoreError::Extract(e) => e.exit_code(),
             RestoreError::Recovery(_) | RestoreError::BadRecord { .. } => exit::FAILURE,
-            RestoreError::Unreachable { .. } => exit::FAILURE,
+            RestoreError::Unreachable { .. } | RestoreError::UnreachableRemote { .. } => {
+                exit::FAILURE
+            }
         }
     }
 }
@@ -112,9 +207,9 @@ pub struct Done {
 /// Plans, prints the plan to `out`, and (unless `dry_run`) restores.
 pub fn restore(options: &RestoreOptions, out: &mut dyn Write) -> Result<Restored, RestoreError> {
     check_options(options)?;
-    let reader = ClusterReader::open(&options.store, &options.cluster)?;
-    let records = complete_backups(&options.store, &options.cluster, &reader)?;
-    let plan = plan::make_plan(&reader, &records, &options.request)?;
+    let opened = Opened::open(&options.source, &options.cluster)?;
+    let records = complete_backups(opened.backups(&options.cluster)?, opened.archive())?;
+    let plan = plan::make_plan(opened.archive(), &records, &options.request)?;
     let _ = writeln!(out, "{}", plan.to_text().trim_end());
     if options.dry_run {
         let _ = writeln!(out, "dry run: nothing was written");
@@ -133,25 +228,26 @@ pub fn restore(options: &RestoreOptions, out: &mut dyn Write) -> Result<Restored
     extract::prepare_pgdata(&options.pgdata, options.force)?;
     let pgdata = std::fs::canonicalize(&options.pgdata)
         .map_err(|e| StoreError::io("resolve", &options.pgdata, e))?;
-    let store = std::fs::canonicalize(&options.store)
-        .map_err(|e| StoreError::io("resolve", &options.store, e))?;
+    let source = absolute_source(&options.source)?;
     if let Some(o) = owner {
         std::os::unix::fs::chown(&pgdata, Some(o.uid), Some(o.gid))
             .map_err(|e| StoreError::io("change the owner of", &pgdata, e))?;
     }
     let exe = recovery::this_executable()?;
-    let restore_command =
-        recovery::restore_command(&exe, &store, &options.cluster, options.prefetch, None)?;
+    let restore_command = match &source {
+        Source::Local(store) => {
+            recovery::restore_command(&exe, store, &options.cluster, options.prefetch, None)?
+        }
+        Source::Remote(spec) => {
+            recovery::remote_restore_command(&exe, spec, &options.cluster, options.prefetch)?
+        }
+    };
     if let Some(first) = &plan.wal.first_segment {
-        probe_restore_command(&exe, &store, &options.cluster, first, &pgdata, owner)?;
+        probe_restore_command(&exe, &source, &options.cluster, first, &pgdata, owner)?;
     }
 
-    let files = LocalBackupFiles::new(backup_dir(
-        &options.store,
-        &options.cluster,
-        record.id.parse()?,
-    ));
-    let extracted = extract_with_progress(record, &files, options, &pgdata, owner)?;
+    let files = opened.files(&options.cluster, &record.id)?;
+    let extracted = extract_with_progress(record, files.as_ref(), options, &pgdata, owner)?;
     let settings = recovery_settings(options, restore_command);
     let recovery = recovery::write_recovery_config(&pgdata, major, &settings)?;
     if let Some(owner) = owner {
@@ -172,6 +268,16 @@ pub fn restore(options: &RestoreOptions, out: &mut dyn Write) -> Result<Restored
 }
 
 fn check_options(options: &RestoreOptions) -> Result<(), RestoreError> {
+    if let Source::Remote(spec) = &options.source
+        && spec.token_file.is_none()
+        && !options.dry_run
+    {
+        return Err(RestoreError::Usage(format!(
+            "restoring from {} needs --token-file FILE, readable by the user the server will run as: restore_command passes the token to wal-fetch that way ({} is not seen by the server)",
+            spec.url,
+            remote::TOKEN_ENV
+        )));
+    }
     if !options.standby
         && (options.primary_conninfo.is_some() || options.primary_slot_name.is_some())
     {
@@ -209,20 +315,29 @@ fn refuse_non_empty(pgdata: &Path, force: bool) -> Result<(), RestoreError> {
     }
 }
 
-/// The complete backups of the cluster, read from their `backup.json`.
+/// The source with its paths made absolute, as `restore_command` needs them (the server runs
+/// it in the data directory).
+fn absolute_source(source: &Source) -> Result<Source, RestoreError> {
+    let absolute = |p: &Path| std::fs::canonicalize(p).map_err(|e| StoreError::io("resolve", p, e));
+    Ok(match source {
+        Source::Local(store) => Source::Local(absolute(store)?),
+        Source::Remote(spec) => Source::Remote(RemoteSpec {
+            url: spec.url.clone(),
+            token_file: spec.token_file.as_deref().map(absolute).transpose()?,
+            ca_file: spec.ca_file.as_deref().map(absolute).transpose()?,
+        }),
+    })
+}
+
+/// The complete backups of the cluster (id and `backup.json`), read as records.
 fn complete_backups(
-    store: &Path,
-    cluster: &ClusterName,
-    reader: &ClusterReader,
+    entries: Vec<(String, Option<serde_json::Value>)>,
+    archive: &dyn WalArchive,
 ) -> Result<Vec<BackupRecord>, RestoreError> {
-    let system = reader.info().system_identifier.to_string();
+    let system = archive.info().system_identifier.to_string();
     let mut records = Vec::new();
-    for stored in list_backups(store, cluster)? {
-        if stored.in_progress || stored.abandoned {
-            continue;
-        }
-        let id = stored.id.to_string();
-        let Some(json) = stored.json else {
+    for (id, json) in entries {
+        let Some(json) = json else {
             tracing::warn!("backup {id} has no readable backup.json; it is not considered");
             continue;
         };
@@ -252,7 +367,7 @@ fn complete_backups(
 /// store that user cannot reach before anything is extracted.
 fn probe_restore_command(
     exe: &Path,
-    store: &Path,
+    source: &Source,
     cluster: &ClusterName,
     segment: &str,
     pgdata: &Path,
@@ -262,9 +377,10 @@ fn probe_restore_command(
     let scratch = pgdata.join(format!(".walden-probe-{}", std::process::id()));
     std::fs::create_dir(&scratch).map_err(|e| StoreError::io("create", &scratch, e))?;
     let mut cmd = Command::new(exe);
-    cmd.arg("wal-fetch")
-        .arg("--from")
-        .arg(store)
+    cmd.arg("wal-fetch").args(from_args(source));
+    // The server will not have our environment: the token must come from the file.
+    cmd.env_remove(remote::TOKEN_ENV)
+        .env_remove(remote::CA_FILE_ENV)
         .arg("--cluster")
         .arg(cluster.as_str())
         .arg(segment)
@@ -296,12 +412,44 @@ fn probe_restore_command(
         }
         Err(e) => format!("it cannot be run: {e}"),
     };
-    Err(RestoreError::Unreachable {
-        user,
-        exe: exe.display().to_string(),
-        store: store.display().to_string(),
-        why,
+    let exe = exe.display().to_string();
+    Err(match source {
+        Source::Local(store) => RestoreError::Unreachable {
+            user,
+            exe,
+            store: store.display().to_string(),
+            why,
+        },
+        Source::Remote(spec) => RestoreError::UnreachableRemote {
+            user,
+            exe,
+            files: [&spec.token_file, &spec.ca_file]
+                .into_iter()
+                .flatten()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(" and "),
+            url: spec.url.clone(),
+            why,
+        },
     })
+}
+
+/// `--from ...` for a `wal-fetch` of `source` (the token and CA files with a URL).
+pub fn from_args(source: &Source) -> Vec<OsString> {
+    match source {
+        Source::Local(store) => vec!["--from".into(), store.into()],
+        Source::Remote(spec) => {
+            let mut args: Vec<OsString> = vec!["--from".into(), spec.url.clone().into()];
+            if let Some(token) = &spec.token_file {
+                args.extend(["--token-file".into(), token.into()]);
+            }
+            if let Some(ca) = &spec.ca_file {
+                args.extend(["--ca-file".into(), ca.into()]);
+            }
+            args
+        }
+    }
 }
 
 fn extract_with_progress(

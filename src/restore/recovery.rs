@@ -23,6 +23,7 @@
 
 use std::path::{Path, PathBuf};
 
+use super::remote::RemoteSpec;
 use crate::store::{ClusterName, StoreError, durable};
 
 /// The kind of recovery target.
@@ -117,14 +118,46 @@ pub fn restore_command(
     prefetch: u32,
     spool: Option<&Path>,
 ) -> Result<String, RecoveryError> {
+    let from = vec![path_word(store)?];
+    command_words(exe, from, cluster, prefetch, spool)
+}
+
+/// `restore_command` for a store served over HTTP(S): `EXE wal-fetch --from URL
+/// --token-file FILE [--ca-file FILE] --cluster NAME [--prefetch N] %f %p`. The token itself
+/// never appears; `exe` and the files must be absolute.
+pub fn remote_restore_command(
+    exe: &Path,
+    remote: &RemoteSpec,
+    cluster: &ClusterName,
+    prefetch: u32,
+) -> Result<String, RecoveryError> {
+    let mut from = vec![command_word(&remote.url)];
+    for (flag, file) in [
+        ("--token-file", &remote.token_file),
+        ("--ca-file", &remote.ca_file),
+    ] {
+        if let Some(file) = file {
+            from.push(flag.to_string());
+            from.push(path_word(file)?);
+        }
+    }
+    command_words(exe, from, cluster, prefetch, None)
+}
+
+fn command_words(
+    exe: &Path,
+    from: Vec<String>,
+    cluster: &ClusterName,
+    prefetch: u32,
+    spool: Option<&Path>,
+) -> Result<String, RecoveryError> {
     let mut words = vec![
         path_word(exe)?,
         "wal-fetch".to_string(),
         "--from".to_string(),
-        path_word(store)?,
-        "--cluster".to_string(),
-        command_word(cluster.as_str()),
     ];
+    words.extend(from);
+    words.extend(["--cluster".to_string(), command_word(cluster.as_str())]);
     if prefetch > 0 {
         words.push("--prefetch".to_string());
         words.push(prefetch.to_string());

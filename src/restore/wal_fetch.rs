@@ -41,6 +41,13 @@
 //! A complete, uncompressed segment is copied by the kernel (`copy_file_range`) after its
 //! size and first page header are checked; other files stream through a 256 KiB buffer.
 //!
+//! # From a walden server
+//! With `--from http(s)://...` ([`WalFetcher::open_source`]) the same rules hold over the
+//! store API: `cluster.json` is one request, a lookup is a `HEAD` and the copy a `GET` on the
+//! same connection. The server sends the file as stored (`.zst`, `.partial` or plain) and
+//! the checks, decompression and zero-filling happen here, as for a local store. A 404 is
+//! "not found"; a 401, a TLS or network error or a 5xx (after two quick retries) is a fault.
+//!
 //! # Prefetch spool
 //! With `--prefetch N` a detached child ([`WalFetcher::fill_spool`]) copies the next N
 //! segments of the same timeline into a spool directory outside PGDATA, and the next call
@@ -65,6 +72,8 @@ use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
+use super::Source;
+use super::remote::{RemoteCluster, RemoteStore};
 use crate::store::{ClusterName, ClusterReader, StoreError, StoredSegment, WalArchive, durable};
 use crate::wal::{
     LONG_HEADER_LEN, Lsn, PageError, PageExpectations, PageHeader, PageMagic, Problem, SegNo,
@@ -161,10 +170,18 @@ impl FetchError {
     }
 }
 
+/// Where a [`WalFetcher`] reads: a local store, or one served over HTTP(S).
+#[derive(Debug)]
+enum Archive {
+    Local(ClusterReader),
+    Remote(RemoteCluster),
+}
+
 /// One cluster of a store, opened to serve `restore_command` calls.
 #[derive(Debug)]
 pub struct WalFetcher {
-    reader: ClusterReader,
+    archive: Archive,
+    /// The store directory, or the server's URL (for messages and the spool's name).
     store: PathBuf,
     /// The page magic of the cluster's major version; None if this walden does not know it
     /// (the first page's own magic is then accepted).
@@ -176,12 +193,40 @@ impl WalFetcher {
     /// or `cluster.json` is an error, not "not found".
     pub fn open(store: &Path, cluster: &ClusterName) -> Result<WalFetcher, FetchError> {
         let reader = ClusterReader::open(store, cluster)?;
-        let magic = PageMagic::for_server_version_num(reader.info().server_version_num);
-        Ok(WalFetcher {
-            reader,
-            store: store.to_path_buf(),
-            magic,
-        })
+        Ok(WalFetcher::new(Archive::Local(reader), store.to_path_buf()))
+    }
+
+    /// Opens the cluster of a local store or of one served over HTTP(S) (one request for
+    /// its `cluster.json`).
+    pub fn open_source(source: &Source, cluster: &ClusterName) -> Result<WalFetcher, FetchError> {
+        match source {
+            Source::Local(store) => WalFetcher::open(store, cluster),
+            Source::Remote(spec) => {
+                let remote = RemoteStore::new(spec)?.cluster(cluster)?;
+                Ok(WalFetcher::new(
+                    Archive::Remote(remote),
+                    PathBuf::from(&spec.url),
+                ))
+            }
+        }
+    }
+
+    fn new(archive: Archive, store: PathBuf) -> WalFetcher {
+        let mut fetcher = WalFetcher {
+            archive,
+            store,
+            magic: None,
+        };
+        fetcher.magic =
+            PageMagic::for_server_version_num(fetcher.reader().info().server_version_num);
+        fetcher
+    }
+
+    fn reader(&self) -> &dyn WalArchive {
+        match &self.archive {
+            Archive::Local(reader) => reader,
+            Archive::Remote(remote) => remote,
+        }
     }
 
     /// What `file` (the server's `%f`) asks for; None for anything this store never serves
@@ -190,7 +235,7 @@ impl WalFetcher {
         if let Some(tli) = parse_history_file_name(file) {
             return Some(WalRequest::History(tli));
         }
-        match WalFileName::parse(file, self.reader.info().wal_segment_size) {
+        match WalFileName::parse(file, self.reader().info().wal_segment_size) {
             Ok(name) if !name.partial && !name.compressed => Some(WalRequest::Segment {
                 tli: name.tli,
                 segno: name.segno,
@@ -215,7 +260,7 @@ impl WalFetcher {
                 {
                     return Ok(Some(Delivered::Spooled));
                 }
-                match self.reader.find_segment(tli, segno)? {
+                match self.reader().find_segment(tli, segno)? {
                     None => Ok(None),
                     Some(stored) => {
                         let mut out = TempFile::create(dest)?;
@@ -231,7 +276,7 @@ impl WalFetcher {
     }
 
     fn fetch_history(&self, tli: TimelineId, dest: &Path) -> Result<Option<Delivered>, FetchError> {
-        let Some(bytes) = self.reader.read_history(tli)? else {
+        let Some(bytes) = self.reader().read_history(tli)? else {
             return Ok(None);
         };
         let path = self.store_path(&history_file_name(tli));
@@ -252,17 +297,17 @@ impl WalFetcher {
     /// A path in the store's WAL directory, for messages.
     fn store_path(&self, name: &str) -> PathBuf {
         self.store
-            .join(self.reader.info().cluster.as_str())
+            .join(self.reader().info().cluster.as_str())
             .join("wal")
             .join(name)
     }
 
     fn seg_bytes(&self) -> u64 {
-        self.reader.info().wal_segment_size.bytes()
+        self.reader().info().wal_segment_size.bytes()
     }
 
     fn segment_name(&self, tli: TimelineId, segno: SegNo) -> String {
-        WalFileName::segment(tli, segno).format(self.reader.info().wal_segment_size)
+        WalFileName::segment(tli, segno).format(self.reader().info().wal_segment_size)
     }
 
     /// Checks the first page header of segment `tli`/`segno` read from `path`; returns the
@@ -274,7 +319,7 @@ impl WalFetcher {
         segno: SegNo,
         path: &Path,
     ) -> Result<PageMagic, FetchError> {
-        let info = self.reader.info();
+        let info = self.reader().info();
         let bad = |problem| FetchError::BadHeader {
             path: path.to_path_buf(),
             name: self.segment_name(tli, segno),
@@ -300,13 +345,16 @@ impl WalFetcher {
         stored: &StoredSegment,
         out: &mut TempFile,
     ) -> Result<Option<Delivered>, FetchError> {
-        if !stored.name.partial && !stored.name.compressed {
+        if !stored.name.partial
+            && !stored.name.compressed
+            && matches!(self.archive, Archive::Local(_))
+        {
             return self.copy_plain(stored, out);
         }
         let seg_bytes = self.seg_bytes();
         let (tli, segno) = (stored.name.tli, stored.name.segno);
-        let start = segno.start_lsn(self.reader.info().wal_segment_size);
-        let mut input = self.reader.open_segment(stored)?;
+        let start = segno.start_lsn(self.reader().info().wal_segment_size);
+        let mut input = self.reader().open_segment(stored)?;
         let mut buf = vec![0u8; CHUNK];
         let mut total: u64 = 0;
         let mut verifier: Option<WalVerifier> = None;
@@ -333,10 +381,10 @@ impl WalFetcher {
                 let magic = self.check_first_page(chunk, tli, segno, &stored.path)?;
                 if stored.name.partial {
                     let config = VerifierConfig {
-                        seg_size: self.reader.info().wal_segment_size,
+                        seg_size: self.reader().info().wal_segment_size,
                         magic,
                         tli,
-                        system_identifier: Some(self.reader.info().system_identifier.0),
+                        system_identifier: Some(self.reader().info().system_identifier.0),
                     };
                     // The segment start is page-aligned and far below the limit.
                     verifier = WalVerifier::new(config, start).ok();
@@ -475,7 +523,7 @@ impl WalFetcher {
     /// `$TMPDIR/walden-spool-<cluster>-<uid>-<hash of store path and system>`.
     pub fn default_spool_dir(&self) -> PathBuf {
         let store = fs::canonicalize(&self.store).unwrap_or_else(|_| self.store.clone());
-        let info = self.reader.info();
+        let info = self.reader().info();
         let mut hash = Sha256::new();
         hash.update(store.as_os_str().as_encoded_bytes());
         hash.update([0]);
@@ -501,7 +549,7 @@ impl WalFetcher {
         segno: SegNo,
         count: u32,
     ) -> Result<u32, FetchError> {
-        let seg_size = self.reader.info().wal_segment_size;
+        let seg_size = self.reader().info().wal_segment_size;
         spool.clean(seg_size, tli, segno, count)?;
         let mut copied = 0;
         let mut next = segno;
@@ -536,7 +584,7 @@ impl WalFetcher {
         if target.exists() {
             return Ok(SpoolStep::Present);
         }
-        let stored = match self.reader.find_segment(tli, segno)? {
+        let stored = match self.reader().find_segment(tli, segno)? {
             Some(s) if !s.name.partial => s,
             _ => return Ok(SpoolStep::End),
         };

@@ -99,6 +99,12 @@ pub enum StoreError {
         position: u32,
         size: u64,
     },
+    #[error("{url}: {reason}")]
+    Remote { url: String, reason: String },
+    #[error(
+        "{url}: the server refused the token (401): give the token from the server's token_file with --token-file FILE or WALDEN_TOKEN"
+    )]
+    Unauthorized { url: String },
     #[error(
         "{} already exists with different contents; ours is kept as {}: compare them by hand (did the server's history diverge?)", existing.display(), kept.display()
     )]
@@ -137,6 +143,7 @@ impl StoreError {
                 | StoreError::SegSizeMismatch { .. }
                 | StoreError::MajorVersionMismatch { .. }
                 | StoreError::NoCluster { .. }
+                | StoreError::Unauthorized { .. }
         )
     }
 }

@@ -359,7 +359,7 @@ fn a_full_disk_is_a_fault() {
         committed: true,
     };
     let stored = f
-        .reader
+        .reader()
         .find_segment(TimelineId(1), SegNo(7))
         .unwrap()
         .unwrap();
