@@ -384,3 +384,143 @@ fn daemon_disk_full_stops_writing_and_resumes_without_a_gap() {
     }
     assert_eq!(listing["wal"]["gaps"], Value::Array(Vec::new()));
 }
+
+/// `GET path` over plain HTTP/1.1 with an optional bearer token: (status code, body).
+fn http_get(addr: &str, path: &str, token: Option<&str>) -> (u16, String) {
+    use std::io::{Read as _, Write as _};
+    let mut stream =
+        std::net::TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+    let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Connection: close\r\n\r\n"
+    )
+    .expect("send the request");
+    let mut reply = String::new();
+    stream.read_to_string(&mut reply).expect("read the reply");
+    let status = reply
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = reply
+        .split_once("\r\n\r\n")
+        .map_or("", |(_, b)| b)
+        .to_owned();
+    (status, body)
+}
+
+crate::harness::proto_test!(daemon_serves_health_status_metrics_and_wal, |pg: &Pg| {
+    let srv = pg.start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = dir.path().join("store");
+    let config = dir.path().join("walden.toml");
+    let token = dir.path().join("token");
+    std::fs::write(&token, "s3cret-token\n").expect("write the token");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    write_config(
+        &config,
+        &store,
+        &[
+            "min_free_space = \"0\"",
+            "[http]",
+            &format!("listen = \"{addr}\""),
+            &format!("token_file = \"{}\"", token.display()),
+        ],
+        &[ClusterSpec::new(
+            "main",
+            srv.conninfo(U_TRUST),
+            &[
+                "status_interval = \"1s\"",
+                "backup.every = \"1h\"",
+                "backup.checkpoint = \"fast\"",
+            ],
+        )],
+    );
+    let mut d = Daemon::start(&config, &store);
+    d.wait_streaming("main", STREAMING);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while backup_ids(&store, "main").is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no first backup\n{}",
+            d.context()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let switched = srv.switch_wal();
+
+    let (code, body) = http_get(&addr, "/status", None);
+    assert_eq!(
+        code,
+        401,
+        "/status without a token: {body}\n{}",
+        d.context()
+    );
+    let (code, body) = http_get(&addr, "/status", Some("s3cret-token"));
+    assert_eq!(code, 200, "{body}\n{}", d.context());
+    let status: Value = serde_json::from_str(&body).expect("/status is JSON");
+    let main = cluster_report(&status, "main");
+    assert_eq!(main["receiver"]["state"], "streaming", "{status}");
+    assert_eq!(
+        main["slot"]["exists"], true,
+        "the slot is asked on the primary: {status}"
+    );
+    let (code, metrics) = http_get(&addr, "/metrics", Some("s3cret-token"));
+    assert_eq!(code, 200, "{metrics}");
+    for line in [
+        "walden_receiver_streaming{cluster=\"main\"} 1",
+        "walden_backups{cluster=\"main\"} 1",
+        "# TYPE walden_received_bytes_total counter",
+        "walden_slot_retained_bytes{cluster=\"main\"}",
+        "walden_receiver_lag_bytes{cluster=\"main\"}",
+        "walden_last_backup_timestamp_seconds{cluster=\"main\"}",
+    ] {
+        assert!(
+            metrics.contains(line),
+            "/metrics lacks {line:?}:\n{metrics}"
+        );
+    }
+    let (code, body) = http_get(&addr, "/healthz", None);
+    assert!(
+        code == 200 && body.trim() == "ok",
+        "/healthz: {code} {body}\n{status}"
+    );
+
+    // The daemon serves the store to walden-restore on another machine.
+    let wait = std::time::Instant::now() + Duration::from_secs(30);
+    let dest = dir.path().join("fetched");
+    loop {
+        let out = crate::support::restore::walden_restore()
+            .args([
+                "wal-fetch",
+                "--from",
+                &format!("http://{addr}"),
+                "--token-file",
+            ])
+            .arg(&token)
+            .arg(&switched.segment)
+            .arg(&dest)
+            .output()
+            .expect("run wal-fetch");
+        if out.status.success() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < wait,
+            "wal-fetch over HTTP of {}: {}",
+            switched.segment,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let size = std::fs::metadata(&dest).expect("fetched").len();
+    assert_eq!(size, srv.wal_seg_size().bytes());
+
+    d.signal("TERM");
+    assert_eq!(d.wait_exit(Duration::from_secs(30)), 0, "{}", d.context());
+});

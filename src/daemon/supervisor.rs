@@ -43,6 +43,8 @@ pub enum RunError {
     Config(#[from] ConfigError),
     #[error("cannot create the store: {0}")]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    Http(#[from] super::http::HttpError),
 }
 
 impl RunError {
@@ -50,7 +52,7 @@ impl RunError {
     pub fn exit_code(&self) -> u8 {
         match self {
             RunError::Config(_) => crate::exit::USAGE,
-            RunError::Store(_) => crate::exit::FAILURE,
+            RunError::Store(_) | RunError::Http(_) => crate::exit::FAILURE,
         }
     }
 }
@@ -99,6 +101,20 @@ pub async fn run(
         config.store.display(),
         std::process::id()
     );
+    let http = match &config.http {
+        Some(http) => {
+            let status = super::live_status::DaemonStatus::new(
+                config_path,
+                config.clone(),
+                tokio::runtime::Handle::current(),
+            );
+            let server =
+                super::http::Server::bind(http, config.store.clone(), std::sync::Arc::new(status))
+                    .await?;
+            Some(tokio::spawn(server.run(shutdown.clone())))
+        }
+        None => None,
+    };
     let mut clusters = BTreeMap::new();
     apply(&config, &mut clusters).await;
     let mut reload_open = true;
@@ -129,6 +145,10 @@ pub async fn run(
         if let Err(e) = c.task.await {
             tracing::error!("cluster {name}: its supervisor crashed: {e}");
         }
+    }
+    if let Some(http) = http {
+        // It heard the same shutdown and lets requests in flight finish.
+        let _ = http.await;
     }
     tracing::info!("stopped");
     Ok(())
