@@ -6,8 +6,8 @@ use std::time::{Duration, SystemTime};
 
 use clap::{Parser, Subcommand};
 use walden::backup::{BackupCompression, BackupOptions};
-use walden::daemon::{config, status};
 use walden::daemon::http::{HttpError, StoreStatus};
+use walden::daemon::{config, status};
 use walden::exit;
 use walden::logging::{self, LogFormat};
 use walden::pg::SlotName;
