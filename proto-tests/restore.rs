@@ -372,7 +372,9 @@ proto_test!(restore_from_a_compressed_store_with_prefetch, |pg: &Pg| {
     let auto_conf = std::fs::read_to_string(r.server.data_dir().join("postgresql.auto.conf"))
         .expect("read postgresql.auto.conf");
     assert!(
-        auto_conf.contains("wal-fetch") && auto_conf.contains("--prefetch 4"),
+        auto_conf.contains("wal-fetch")
+            && auto_conf.contains("--prefetch 4")
+            && auto_conf.contains(".data.walden-spool"),
         "restore_command should prefetch:\n{auto_conf}"
     );
 });

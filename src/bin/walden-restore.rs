@@ -106,6 +106,9 @@ struct RestoreArgs {
     /// restore_command prefetches this many segments ahead (wal-fetch --prefetch).
     #[arg(long, value_name = "N", default_value_t = 0)]
     prefetch: u32,
+    /// The prefetch spool (default: .<PGDATA name>.walden-spool beside PGDATA).
+    #[arg(long, value_name = "DIR", requires = "prefetch")]
+    spool: Option<PathBuf>,
     /// Print the plan and stop.
     #[arg(long)]
     dry_run: bool,
@@ -226,6 +229,7 @@ fn run_restore(args: RestoreArgs) -> u8 {
         pg_version: args.pg_version,
         owner: args.owner,
         prefetch: args.prefetch,
+        spool: args.spool,
         dry_run: args.dry_run,
         force: args.force,
         progress: std::io::IsTerminal::is_terminal(&std::io::stdout()),

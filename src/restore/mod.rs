@@ -126,6 +126,9 @@ pub struct RestoreOptions {
     pub owner: Option<String>,
     /// `wal-fetch --prefetch N` in `restore_command` (0: none).
     pub prefetch: u32,
+    /// The prefetch spool (default: `.<PGDATA name>.walden-spool` beside PGDATA, so that a
+    /// spooled segment is renamed into `pg_wal`, not copied).
+    pub spool: Option<PathBuf>,
     pub dry_run: bool,
     pub force: bool,
     /// Show a progress bar while extracting.
@@ -234,12 +237,17 @@ pub fn restore(options: &RestoreOptions, out: &mut dyn Write) -> Result<Restored
             .map_err(|e| StoreError::io("change the owner of", &pgdata, e))?;
     }
     let exe = recovery::this_executable()?;
+    let spool = match options.prefetch {
+        0 => None,
+        _ => Some(prepare_spool(options.spool.as_deref(), &pgdata, owner)?),
+    };
+    let (prefetch, spool) = (options.prefetch, spool.as_deref());
     let restore_command = match &source {
         Source::Local(store) => {
-            recovery::restore_command(&exe, store, &options.cluster, options.prefetch, None)?
+            recovery::restore_command(&exe, store, &options.cluster, prefetch, spool)?
         }
         Source::Remote(spec) => {
-            recovery::remote_restore_command(&exe, spec, &options.cluster, options.prefetch)?
+            recovery::remote_restore_command(&exe, spec, &options.cluster, prefetch, spool)?
         }
     };
     if let Some(first) = &plan.wal.first_segment {
@@ -297,6 +305,50 @@ fn check_options(options: &RestoreOptions) -> Result<(), RestoreError> {
         "--target-exclusive applies to time, LSN and xid targets, not to {}",
         options.request.target.kind()
     )))
+}
+
+/// The prefetch spool: `explicit`, or `.<PGDATA name>.walden-spool` beside PGDATA (outside
+/// it, on the same filesystem as `pg_wal` in the usual layout, so a spooled segment is
+/// renamed into place rather than copied). Created 0700 for the server's user; one left by an
+/// earlier restore is emptied (its files could be of another cluster's timeline).
+fn prepare_spool(
+    explicit: Option<&Path>,
+    pgdata: &Path,
+    owner: Option<Owner>,
+) -> Result<PathBuf, RestoreError> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = match explicit {
+        Some(dir) => std::path::absolute(dir).map_err(|e| StoreError::io("resolve", dir, e))?,
+        None => {
+            let name = pgdata
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "pgdata".into());
+            pgdata.with_file_name(format!(".{name}.walden-spool"))
+        }
+    };
+    if dir.starts_with(pgdata) {
+        return Err(RestoreError::Usage(format!(
+            "the spool {} is inside the data directory: give a directory outside it",
+            dir.display()
+        )));
+    }
+    match std::fs::read_dir(&dir) {
+        Ok(entries) => {
+            for entry in entries.flatten() {
+                let path = entry.path();
+                std::fs::remove_file(&path).map_err(|e| StoreError::io("remove", &path, e))?;
+            }
+        }
+        Err(_) => std::fs::create_dir_all(&dir).map_err(|e| StoreError::io("create", &dir, e))?,
+    }
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))
+        .map_err(|e| StoreError::io("set the permissions of", &dir, e))?;
+    if let Some(o) = owner {
+        std::os::unix::fs::chown(&dir, Some(o.uid), Some(o.gid))
+            .map_err(|e| StoreError::io("change the owner of", &dir, e))?;
+    }
+    Ok(dir)
 }
 
 /// A non-empty data directory is refused (before the owner is worked out, so that this is

@@ -130,6 +130,7 @@ pub fn remote_restore_command(
     remote: &RemoteSpec,
     cluster: &ClusterName,
     prefetch: u32,
+    spool: Option<&Path>,
 ) -> Result<String, RecoveryError> {
     let mut from = vec![command_word(&remote.url)];
     for (flag, file) in [
@@ -141,7 +142,7 @@ pub fn remote_restore_command(
             from.push(path_word(file)?);
         }
     }
-    command_words(exe, from, cluster, prefetch, None)
+    command_words(exe, from, cluster, prefetch, spool)
 }
 
 fn command_words(

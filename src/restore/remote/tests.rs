@@ -248,14 +248,14 @@ fn restore_command_names_the_token_file_never_the_token() {
     };
     let exe = Path::new("/usr/bin/walden-restore");
     assert_eq!(
-        remote_restore_command(exe, &spec, &main(), 0).unwrap(),
+        remote_restore_command(exe, &spec, &main(), 0, None).unwrap(),
         "/usr/bin/walden-restore wal-fetch --from https://archive:7480 --token-file /etc/walden/token --ca-file '/etc/walden/my ca.pem' --cluster main %f %p"
     );
     let relative = RemoteSpec {
         token_file: Some(PathBuf::from("token")),
         ..spec.clone()
     };
-    assert!(remote_restore_command(exe, &relative, &main(), 0).is_err());
+    assert!(remote_restore_command(exe, &relative, &main(), 0, None).is_err());
     assert_eq!(
         from_args(&Source::Remote(spec)),
         [
