@@ -441,6 +441,9 @@ impl WalFetcher {
         let seg_bytes = self.seg_bytes();
         let path = &stored.path;
         let mut file = File::open(path).map_err(|e| FetchError::read(path, e))?;
+        // Start reading the whole segment now (a hint; an archive is often cold in the page
+        // cache): the kernel's readahead then runs while we check the header.
+        let _ = rustix::fs::fadvise(&file, 0, None, rustix::fs::Advice::WillNeed);
         let len = file
             .metadata()
             .map_err(|e| FetchError::read(path, e))?
