@@ -4,11 +4,12 @@
 //!
 //! The configuration file is read again on each request, so clusters added or removed by a
 //! SIGHUP reload show up without restarting the HTTP server; a file that no longer parses is
-//! answered from the last one that did.
+//! answered from the last one that did. A report is reused for [`REPORT_TTL`], so that
+//! `/healthz`, `/status` and `/metrics` polled together ask the store and the primaries once.
 
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
-use std::time::SystemTime;
+use std::time::{Duration, Instant, SystemTime};
 
 use serde_json::Value;
 use tokio::runtime::Handle;
@@ -17,10 +18,14 @@ use super::config::{self, Config};
 use super::http::{Metrics, StatusSource, StoreStatus};
 use super::status::{self, ClusterStatus, StatusReport};
 
+/// How long one report answers every request.
+const REPORT_TTL: Duration = Duration::from_secs(5);
+
 /// The daemon's [`StatusSource`].
 pub struct DaemonStatus {
     config_path: PathBuf,
     last_good: Mutex<Config>,
+    cached: Mutex<Option<(Instant, StatusReport)>>,
     store: StoreStatus,
     runtime: Handle,
 }
@@ -33,6 +38,7 @@ impl DaemonStatus {
             config_path: config_path.to_path_buf(),
             store: StoreStatus::new(config.store.clone()),
             last_good: Mutex::new(config),
+            cached: Mutex::new(None),
             runtime,
         }
     }
@@ -48,11 +54,21 @@ impl DaemonStatus {
         last.clone()
     }
 
-    /// The report; called on a blocking thread, so waiting for the slot queries is fine.
+    /// The report, at most [`REPORT_TTL`] old; called on a blocking thread, so waiting for
+    /// the slot queries is fine.
     fn report(&self) -> StatusReport {
+        let mut cached = self.cached.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((at, report)) = cached.as_ref()
+            && at.elapsed() < REPORT_TTL
+        {
+            return report.clone();
+        }
         let config = self.config();
-        self.runtime
-            .block_on(status::from_config(&config, SystemTime::now()))
+        let report = self
+            .runtime
+            .block_on(status::from_config(&config, SystemTime::now()));
+        *cached = Some((Instant::now(), report.clone()));
+        report
     }
 }
 

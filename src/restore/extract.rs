@@ -297,45 +297,48 @@ const REMOVE_AFTER: [&str; 4] = [
 const MAX_TABLESPACE_MAP: usize = 1 << 20;
 const READ_CHUNK: usize = 256 * 1024;
 
+/// Refuses, without changing anything, a `pgdata` that [`prepare_pgdata`] would refuse: not a
+/// directory, not empty (unless `force`), or (with `force`) the data directory of a running
+/// server. Absent or empty is fine.
+pub fn check_pgdata(pgdata: &Path, force: bool) -> Result<(), ExtractError> {
+    match fs::metadata(pgdata) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(ExtractError::io("look at", pgdata, e)),
+        Ok(m) if !m.is_dir() => Err(ExtractError::NotADirectory {
+            path: pgdata.to_path_buf(),
+        }),
+        Ok(_) if is_empty_dir(pgdata)? => Ok(()),
+        Ok(_) if !force => Err(ExtractError::NotEmpty {
+            path: pgdata.to_path_buf(),
+        }),
+        Ok(_) => match running_postmaster(pgdata) {
+            Some(pid) => Err(ExtractError::ServerRunning {
+                path: pgdata.to_path_buf(),
+                pid,
+            }),
+            None => Ok(()),
+        },
+    }
+}
+
 /// Makes `pgdata` ready for [`extract_backup`]: absent → created (0700, missing parents with
 /// default permissions); empty → left as is; not empty → refused unless `force`, which
 /// removes everything in it but keeps the directory. A data directory whose server is
 /// running (a live pid in `postmaster.pid`) is never emptied.
 pub fn prepare_pgdata(pgdata: &Path, force: bool) -> Result<(), ExtractError> {
-    match fs::metadata(pgdata) {
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            if let Some(parent) = pgdata.parent().filter(|p| !p.as_os_str().is_empty()) {
-                durable::create_dir_all_durable(parent)?;
-            }
-            fs::create_dir(pgdata).map_err(|e| ExtractError::io("create directory", pgdata, e))?;
-            set_mode(pgdata, DIR_MODE)?;
-            durable::sync_dir(parent_of(pgdata))?;
-            Ok(())
+    check_pgdata(pgdata, force)?;
+    if fs::symlink_metadata(pgdata).is_err() {
+        if let Some(parent) = pgdata.parent().filter(|p| !p.as_os_str().is_empty()) {
+            durable::create_dir_all_durable(parent)?;
         }
-        Err(e) => Err(ExtractError::io("look at", pgdata, e)),
-        Ok(m) if !m.is_dir() => Err(ExtractError::NotADirectory {
-            path: pgdata.to_path_buf(),
-        }),
-        Ok(_) => {
-            if is_empty_dir(pgdata)? {
-                return Ok(());
-            }
-            if !force {
-                return Err(ExtractError::NotEmpty {
-                    path: pgdata.to_path_buf(),
-                });
-            }
-            if let Some(pid) = running_postmaster(pgdata) {
-                return Err(ExtractError::ServerRunning {
-                    path: pgdata.to_path_buf(),
-                    pid,
-                });
-            }
-            empty_dir(pgdata)?;
-            durable::sync_dir(pgdata)?;
-            Ok(())
-        }
+        fs::create_dir(pgdata).map_err(|e| ExtractError::io("create directory", pgdata, e))?;
+        set_mode(pgdata, DIR_MODE)?;
+        durable::sync_dir(parent_of(pgdata))?;
+    } else if !is_empty_dir(pgdata)? {
+        empty_dir(pgdata)?;
+        durable::sync_dir(pgdata)?;
     }
+    Ok(())
 }
 
 /// The pid in `postmaster.pid` when that process exists.
@@ -431,14 +434,7 @@ pub fn parse_owner(spec: &str, passwd: &str, group: &str) -> Result<Owner, Strin
             .then(|| s.parse::<u32>().ok())
             .flatten()
     };
-    // (name, uid, gid) of each /etc/passwd line.
-    let users = passwd.lines().filter_map(|line| {
-        let mut f = line.split(':');
-        let name = f.next()?;
-        let uid = f.nth(1)?.parse::<u32>().ok()?;
-        let gid = f.next()?.parse::<u32>().ok()?;
-        Some((name, uid, gid))
-    });
+    let users = passwd_entries(passwd);
     let (uid, primary) = match numeric(user) {
         Some(uid) => (
             uid,
@@ -469,6 +465,25 @@ pub fn parse_owner(spec: &str, passwd: &str, group: &str) -> Result<Owner, Strin
         })?,
     };
     Ok(Owner { uid, gid })
+}
+
+/// (name, uid, gid) of each well-formed line of `/etc/passwd` text.
+fn passwd_entries(passwd: &str) -> impl Iterator<Item = (&str, u32, u32)> + Clone {
+    passwd.lines().filter_map(|line| {
+        let mut f = line.split(':');
+        let name = f.next()?;
+        let uid = f.nth(1)?.parse::<u32>().ok()?;
+        let gid = f.next()?.parse::<u32>().ok()?;
+        Some((name, uid, gid))
+    })
+}
+
+/// The login name of `uid` in `/etc/passwd`, if it has one.
+pub fn user_name(uid: u32) -> Option<String> {
+    let passwd = fs::read_to_string("/etc/passwd").ok()?;
+    passwd_entries(&passwd)
+        .find(|&(_, u, _)| u == uid)
+        .map(|(name, _, _)| name.to_string())
 }
 
 /// One tablespace's archive and where it goes.

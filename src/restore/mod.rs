@@ -226,7 +226,8 @@ pub fn restore(options: &RestoreOptions, out: &mut dyn Write) -> Result<Restored
         .pg_version
         .unwrap_or(record.server_version_num / 10_000);
 
-    refuse_non_empty(&options.pgdata, options.force)?;
+    // Refusals first, then the owner (before prepare_pgdata creates the directory).
+    extract::check_pgdata(&options.pgdata, options.force)?;
     let owner = extract::resolve_owner(options.owner.as_deref(), &options.pgdata)?;
     extract::prepare_pgdata(&options.pgdata, options.force)?;
     let pgdata = std::fs::canonicalize(&options.pgdata)
@@ -349,22 +350,6 @@ fn prepare_spool(
             .map_err(|e| StoreError::io("change the owner of", &dir, e))?;
     }
     Ok(dir)
-}
-
-/// A non-empty data directory is refused (before the owner is worked out, so that this is
-/// what the user hears about); `prepare_pgdata` checks again when it acts.
-fn refuse_non_empty(pgdata: &Path, force: bool) -> Result<(), RestoreError> {
-    if force {
-        return Ok(());
-    }
-    let non_empty = std::fs::read_dir(pgdata).is_ok_and(|mut entries| entries.next().is_some());
-    match non_empty {
-        true => Err(RestoreError::Usage(format!(
-            "the data directory {} is not empty: restore into an empty or absent directory, or add --force to empty it first",
-            pgdata.display()
-        ))),
-        false => Ok(()),
-    }
 }
 
 /// The source with its paths made absolute, as `restore_command` needs them (the server runs
@@ -599,7 +584,7 @@ impl Restored {
         let start = format!("{pg_ctl} -D {pgdata} -l {pgdata}/restore.log start");
         let user = done
             .owner
-            .and_then(|o| user_name(o.uid))
+            .and_then(|o| extract::user_name(o.uid))
             .map(|name| format!("runuser -u {name} -- "))
             .unwrap_or_default();
         text.push_str(&format!("start the server with:\n  {user}{start}\n"));
@@ -616,15 +601,4 @@ fn pg_ctl_for(major: u32) -> String {
     .into_iter()
     .find(|p| Path::new(p).exists())
     .unwrap_or_else(|| "pg_ctl".to_string())
-}
-
-/// The login name of `uid` from `/etc/passwd`.
-fn user_name(uid: u32) -> Option<String> {
-    let passwd = std::fs::read_to_string("/etc/passwd").ok()?;
-    passwd.lines().find_map(|line| {
-        let mut fields = line.split(':');
-        let name = fields.next()?;
-        let id: u32 = fields.nth(1)?.parse().ok()?;
-        (id == uid).then(|| name.to_string())
-    })
 }
