@@ -1,8 +1,8 @@
 //! `walden-restore`: the database-side command (restore, wal-fetch). Parses arguments and
 //! calls the library.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command as Process, ExitCode, Stdio};
+use std::path::PathBuf;
+use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use walden::exit;
@@ -12,8 +12,8 @@ use walden::restore::plan::{
     BackupChoice, PlanRequest, RecoveryTarget, RestorePointName, TargetAction, TargetTimeline,
     TargetXid,
 };
-use walden::restore::wal_fetch::{Spool, WalFetcher, WalRequest};
-use walden::restore::{RestoreOptions, Source, from_args, restore};
+use walden::restore::wal_fetch;
+use walden::restore::{RestoreOptions, Source, restore};
 use walden::store::ClusterName;
 use walden::wal::{Lsn, UtcTime};
 
@@ -265,76 +265,31 @@ fn wal_fetch(args: &WalFetchArgs) -> u8 {
         Ok(s) => s,
         Err(e) => return fault(&e),
     };
-    let fetcher = match WalFetcher::open_source(&source, &args.cluster) {
-        Ok(f) => f,
-        Err(e) => return fault(&e),
+    let call = wal_fetch::Call {
+        source: &source,
+        cluster: &args.cluster,
+        file: &args.file,
+        dest: &args.dest,
+        prefetch: args.prefetch,
+        spool: args.spool.as_deref(),
     };
-    let Some(request) = fetcher.request(&args.file) else {
-        return exit::NOT_FOUND;
-    };
-    let spool = match (args.prefetch, request) {
-        (1.., WalRequest::Segment { .. }) => {
-            let dir = args
-                .spool
-                .clone()
-                .unwrap_or_else(|| fetcher.default_spool_dir());
-            match Spool::open(&dir) {
-                Ok(s) => Some(s),
-                Err(e) => {
-                    eprintln!("walden-restore wal-fetch: not prefetching: {e}");
-                    None
-                }
+    match wal_fetch::answer(&call) {
+        Ok(answer) => {
+            for note in &answer.notes {
+                eprintln!("walden-restore wal-fetch: {note}");
             }
-        }
-        _ => None,
-    };
-    match fetcher.fetch(request, &args.dest, spool.as_ref()) {
-        Ok(None) => exit::NOT_FOUND,
-        Ok(Some(_)) => {
-            if let Some(spool) = &spool {
-                start_prefetch(args, &source, spool.dir());
+            if answer.delivered {
+                exit::OK
+            } else {
+                exit::NOT_FOUND
             }
-            exit::OK
         }
         Err(e) => fault(&e),
     }
 }
 
-/// Starts `wal-prefetch` detached: its own process group, no standard streams, not waited
-/// for, so this call returns at once. A failure to start it only costs speed.
-fn start_prefetch(args: &WalFetchArgs, source: &Source, spool: &Path) {
-    use std::os::unix::process::CommandExt;
-    let Ok(exe) = std::env::current_exe() else {
-        return;
-    };
-    let spawned = Process::new(exe)
-        .arg("wal-prefetch")
-        .args(from_args(source))
-        .arg("--cluster")
-        .arg(args.cluster.as_str())
-        .arg("--spool")
-        .arg(spool)
-        .arg("--count")
-        .arg(args.prefetch.to_string())
-        .arg(&args.file)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .process_group(0)
-        .spawn();
-    if let Err(e) = spawned {
-        eprintln!("walden-restore wal-fetch: not prefetching: cannot start a worker: {e}");
-    }
-}
-
 fn wal_prefetch(args: &WalPrefetchArgs) -> Result<u32, String> {
     let source = args.from.source().map_err(|e| e.to_string())?;
-    let fetcher = WalFetcher::open_source(&source, &args.cluster).map_err(|e| e.to_string())?;
-    let Some(WalRequest::Segment { tli, segno }) = fetcher.request(&args.file) else {
-        return Ok(0);
-    };
-    let spool = Spool::open(&args.spool).map_err(|e| e.to_string())?;
-    fetcher
-        .fill_spool(&spool, tli, segno, args.count)
+    wal_fetch::prefetch_after(&source, &args.cluster, &args.spool, args.count, &args.file)
         .map_err(|e| e.to_string())
 }

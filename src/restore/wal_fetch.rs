@@ -188,6 +188,95 @@ pub struct WalFetcher {
     magic: Option<PageMagic>,
 }
 
+/// One `restore_command` call: `file` (what the server asks for) to `dest`; with `prefetch` > 0
+/// the following segments are then spooled by a detached worker (`spool`, or the default).
+pub struct Call<'a> {
+    pub source: &'a Source,
+    pub cluster: &'a ClusterName,
+    pub file: &'a str,
+    pub dest: &'a Path,
+    pub prefetch: u32,
+    pub spool: Option<&'a Path>,
+}
+
+/// What a call did: whether the file was delivered (false: the store does not have it), and
+/// lines for standard error that do not change that (why prefetching is off).
+#[derive(Debug)]
+pub struct Answer {
+    pub delivered: bool,
+    pub notes: Vec<String>,
+}
+
+/// Answers one `restore_command` call (see the module documentation for the contract).
+pub fn answer(call: &Call<'_>) -> Result<Answer, FetchError> {
+    let fetcher = WalFetcher::open_source(call.source, call.cluster)?;
+    let mut notes = Vec::new();
+    let Some(request) = fetcher.request(call.file) else {
+        return Ok(Answer {
+            delivered: false,
+            notes,
+        });
+    };
+    let spool = match (call.prefetch, request) {
+        (1.., WalRequest::Segment { .. }) => {
+            let dir = call
+                .spool
+                .map_or_else(|| fetcher.default_spool_dir(), Path::to_path_buf);
+            Spool::open(&dir)
+                .map_err(|e| notes.push(format!("not prefetching: {e}")))
+                .ok()
+        }
+        _ => None,
+    };
+    let delivered = fetcher.fetch(request, call.dest, spool.as_ref())?.is_some();
+    if delivered
+        && let Some(spool) = &spool
+        && let Err(e) = spawn_prefetch_worker(call, spool.dir())
+    {
+        notes.push(format!("not prefetching: cannot start a worker: {e}"));
+    }
+    Ok(Answer { delivered, notes })
+}
+
+/// Starts this binary's hidden `wal-prefetch` detached: its own process group, no standard
+/// streams, not waited for, so the call returns at once.
+fn spawn_prefetch_worker(call: &Call<'_>, spool: &Path) -> io::Result<()> {
+    use std::os::unix::process::CommandExt as _;
+    std::process::Command::new(std::env::current_exe()?)
+        .arg("wal-prefetch")
+        .args(super::from_args(call.source))
+        .arg("--cluster")
+        .arg(call.cluster.as_str())
+        .arg("--spool")
+        .arg(spool)
+        .arg("--count")
+        .arg(call.prefetch.to_string())
+        .arg(call.file)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .process_group(0)
+        .spawn()
+        .map(drop)
+}
+
+/// The `wal-prefetch` worker: spools up to `count` segments following `file`; returns how
+/// many it added.
+pub fn prefetch_after(
+    source: &Source,
+    cluster: &ClusterName,
+    spool: &Path,
+    count: u32,
+    file: &str,
+) -> Result<u32, FetchError> {
+    let fetcher = WalFetcher::open_source(source, cluster)?;
+    let Some(WalRequest::Segment { tli, segno }) = fetcher.request(file) else {
+        return Ok(0);
+    };
+    let spool = Spool::open(spool)?;
+    fetcher.fill_spool(&spool, tli, segno, count)
+}
+
 impl WalFetcher {
     /// Opens `<store>/<cluster>` (one read of `cluster.json`). A missing or unreadable store
     /// or `cluster.json` is an error, not "not found".
