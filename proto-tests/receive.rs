@@ -543,6 +543,41 @@ proto_test!(streams_1mb_and_64mb_segments, |pg: &Pg| {
     }
 });
 
+proto_test!(streams_over_tls_and_stops_cleanly, |pg: &Pg| {
+    let srv = pg.start_with(ServerOptions::default().wal_segsize_mb(1));
+    let dir = new_store(&srv, "store");
+    let store = view(&srv, &dir);
+    let conninfo = format!(
+        "host=127.0.0.1 port={} user={U_TRUST} sslmode=require",
+        srv.port()
+    );
+    if srv.tls_files().is_none() {
+        // A build without OpenSSL: require must refuse, never stream in the clear.
+        let (code, out) = run_receive(&conninfo, &dir, &["--once"], T);
+        assert_ne!(code, 0, "sslmode=require streamed without TLS:\n{out}");
+        assert!(out.contains("does not support SSL"), "{out}");
+        return;
+    }
+    let mut w = Receiver::start(&conninfo, &dir, &[]);
+    wait_walsender(&srv, &mut w, &store, None);
+    let encrypted = "select s.ssl from pg_stat_ssl s join pg_stat_replication r using (pid) \
+                     where r.application_name = 'walden'";
+    assert_eq!(srv.psql(encrypted), "t", "{}", context(&w, &store, &srv));
+    srv.generate_wal(3 << 20);
+    let sw = srv.switch_wal();
+    wait_completed(&store, &mut w, &srv, &sw.segment);
+    w.interrupt();
+    let names = store.completed();
+    assert!(names.len() >= 3, "{names:?}");
+    let missing = assert_same_as(
+        |n| store.read(n),
+        &names,
+        &srv.data_dir().join("pg_wal"),
+        || context(&w, &store, &srv),
+    );
+    assert!(missing.is_empty(), "the server lacks {missing:?}");
+});
+
 proto_test!(records_a_gap_when_the_server_removed_wal, |pg: &Pg| {
     let srv = pg.start_with(
         ServerOptions::default()

@@ -21,6 +21,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpStream, UnixStream};
 
 use super::conninfo::{ConnConfig, Host, Replication, Target};
+use super::copy_stream::{CopyStream, SyncIo};
 use super::error::{Error, ServerError};
 use super::frame::{self, Frame, message_name};
 use super::tls::{self, TlsConnector, TlsSettings};
@@ -334,6 +335,28 @@ impl Connection {
             peer: self.peer.clone(),
             source,
         })
+    }
+
+    /// Hands a connection inside CopyBoth (after [`Connection::start_replication`] answered
+    /// [`StartReply::Streaming`](super::StartReply::Streaming)) to blocking code: the socket
+    /// leaves the async runtime, and what was already read goes along. Must be called inside
+    /// the runtime.
+    pub fn into_copy_stream(self) -> Result<CopyStream, Error> {
+        let peer = self.peer;
+        let io_error = |source| Error::Io {
+            peer: peer.clone(),
+            source,
+        };
+        let io = match self.stream {
+            Stream::Tcp(s) => SyncIo::Tcp(s.into_std().map_err(io_error)?),
+            Stream::Unix(s) => SyncIo::Unix(s.into_std().map_err(io_error)?),
+            Stream::Tls(s) => {
+                let (tcp, session) = s.into_inner();
+                let tcp = tcp.into_std().map_err(io_error)?;
+                SyncIo::Tls(Box::new(rustls::StreamOwned::new(session, tcp)))
+            }
+        };
+        Ok(CopyStream::new(io, self.rbuf, peer))
     }
 
     /// A protocol violation error naming this peer.

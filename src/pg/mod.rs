@@ -7,6 +7,7 @@
 //! - `query`: simple queries with typed results.
 //! - `replication`: the replication commands, spelled for each server version.
 //! - `stream`: `START_REPLICATION` and the messages inside CopyBoth.
+//! - `copy_stream`: the same stream driven by blocking calls from one thread (the receiver).
 //! - `basebackup`: `BASE_BACKUP` for every server version, as a stream of events.
 //!
 //! Architecture invariant: this module never touches the store or any data file. The only
@@ -16,6 +17,7 @@
 mod basebackup;
 mod connection;
 mod conninfo;
+mod copy_stream;
 mod error;
 pub mod frame;
 mod modes;
@@ -34,6 +36,7 @@ pub use conninfo::{
     ConnConfig, ConnInfoError, ConnParams, DEFAULT_PORT, Environment, Host, Origin, Replication,
     SystemEnvironment, Target, Word, quote,
 };
+pub use copy_stream::CopyStream;
 pub use error::{Error, ServerError};
 pub use modes::{ChannelBinding, SslMode};
 pub use query::{QueryResult, Row, RowError};

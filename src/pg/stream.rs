@@ -260,77 +260,26 @@ impl Connection {
     /// Reads what follows the end of COPY: the next-timeline result set (if any) and the
     /// command completion, up to ReadyForQuery.
     async fn finish_stream(&mut self) -> Result<StreamEvent, Error> {
-        loop {
-            match self.recv().await? {
-                Frame::Message(Message::RowDescription(_)) => {
-                    let (next_timeline, next_start) = self.read_next_timeline_row().await?;
-                    return Ok(StreamEvent::EndOfTimeline {
-                        next_timeline,
-                        next_start,
-                    });
-                }
-                // Data the server had in flight before it saw our CopyDone.
-                Frame::Message(Message::CopyData(_)) | Frame::Message(Message::CopyDone) => {}
-                Frame::Message(Message::CommandComplete(_)) => {}
-                Frame::Message(Message::ReadyForQuery(_)) => return Ok(StreamEvent::Ended),
-                Frame::Message(Message::ErrorResponse(body)) => {
-                    let error = ServerError::from_fields(body.fields());
-                    self.wait_ready().await?;
-                    return Err(Error::Server(error));
-                }
-                other => {
-                    return Err(self.protocol_error(format!(
-                        "unexpected {other:?} after the end of streaming"
-                    )));
-                }
-            }
-        }
+        self.read_copy_end(CopyEnd::after_copy()).await
     }
 
     /// After the RowDescription of the next-timeline result: its one row, then the command
     /// completions up to ReadyForQuery.
     async fn read_next_timeline_row(&mut self) -> Result<(TimelineId, Lsn), Error> {
-        let mut next = None;
+        match self.read_copy_end(CopyEnd::in_result()).await? {
+            StreamEvent::EndOfTimeline {
+                next_timeline,
+                next_start,
+            } => Ok((next_timeline, next_start)),
+            _ => Err(self.protocol_error("next-timeline result set without a row")),
+        }
+    }
+
+    async fn read_copy_end(&mut self, mut end: CopyEnd) -> Result<StreamEvent, Error> {
         loop {
-            match self.recv().await? {
-                Frame::Message(Message::DataRow(body)) => {
-                    let values = super::connection::data_row_values(&body)
-                        .map_err(|e| self.protocol_error(format!("bad DataRow: {e}")))?;
-                    let text = |i: usize| {
-                        values
-                            .get(i)
-                            .and_then(|v| v.as_ref())
-                            .and_then(|b| std::str::from_utf8(b).ok())
-                            .map(str::to_string)
-                    };
-                    let tli = text(0).and_then(|t| t.parse::<u32>().ok());
-                    let lsn = text(1).and_then(|t| t.parse::<Lsn>().ok());
-                    match (tli, lsn) {
-                        (Some(tli), Some(lsn)) => next = Some((TimelineId(tli), lsn)),
-                        _ => {
-                            return Err(
-                                self.protocol_error("unreadable next-timeline row after streaming")
-                            );
-                        }
-                    }
-                }
-                Frame::Message(Message::CommandComplete(_)) => {}
-                Frame::Message(Message::ReadyForQuery(_)) => {
-                    return next.ok_or_else(|| {
-                        self.protocol_error("next-timeline result set without a row")
-                    });
-                }
-                Frame::Message(other) => {
-                    return Err(self.protocol_error(format!(
-                        "unexpected {} in the next-timeline result",
-                        message_name(&other)
-                    )));
-                }
-                other => {
-                    return Err(self.protocol_error(format!(
-                        "unexpected {other:?} in the next-timeline result"
-                    )));
-                }
+            let frame = self.recv().await?;
+            if let Some(outcome) = end.feed(frame, self.peer())? {
+                return outcome;
             }
         }
     }
@@ -342,6 +291,111 @@ impl Connection {
                 return Ok(());
             }
         }
+    }
+}
+
+/// What follows the end of COPY, one frame at a time (sans-IO, shared by the async
+/// [`Connection`] and the blocking [`super::CopyStream`]): the next-timeline result set if
+/// any (one row: timeline, switch point), command completions, data the server had in flight
+/// before it saw our CopyDone, and an error, up to ReadyForQuery.
+pub(super) struct CopyEnd {
+    next: Option<(TimelineId, Lsn)>,
+    /// Inside the next-timeline result set (after its RowDescription).
+    in_result: bool,
+    error: Option<ServerError>,
+}
+
+impl CopyEnd {
+    /// After CopyDone (ours, the server's, or both).
+    pub fn after_copy() -> CopyEnd {
+        CopyEnd {
+            next: None,
+            in_result: false,
+            error: None,
+        }
+    }
+
+    /// After the RowDescription of the next-timeline result set.
+    fn in_result() -> CopyEnd {
+        CopyEnd {
+            in_result: true,
+            ..CopyEnd::after_copy()
+        }
+    }
+
+    /// Takes the next frame; `Some` once ReadyForQuery ended the exchange: the next
+    /// timeline, [`StreamEvent::Ended`], or the server's error.
+    pub fn feed(
+        &mut self,
+        frame: Frame,
+        peer: &str,
+    ) -> Result<Option<Result<StreamEvent, Error>>, Error> {
+        let protocol = |reason: String| Error::Protocol {
+            peer: peer.to_string(),
+            reason,
+        };
+        match frame {
+            Frame::Message(Message::ReadyForQuery(_)) => {
+                if let Some(error) = self.error.take() {
+                    return Ok(Some(Err(Error::Server(error))));
+                }
+                return Ok(Some(Ok(match self.next {
+                    Some((next_timeline, next_start)) => StreamEvent::EndOfTimeline {
+                        next_timeline,
+                        next_start,
+                    },
+                    None if self.in_result => {
+                        return Err(protocol("next-timeline result set without a row".into()));
+                    }
+                    None => StreamEvent::Ended,
+                })));
+            }
+            // After an error, everything up to ReadyForQuery is skipped.
+            _ if self.error.is_some() => {}
+            Frame::Message(Message::ErrorResponse(body)) => {
+                self.error = Some(ServerError::from_fields(body.fields()));
+            }
+            Frame::Message(Message::RowDescription(_)) if !self.in_result => {
+                self.in_result = true;
+            }
+            Frame::Message(Message::DataRow(body)) if self.in_result => {
+                let values = super::connection::data_row_values(&body)
+                    .map_err(|e| protocol(format!("bad DataRow: {e}")))?;
+                let text = |i: usize| {
+                    values
+                        .get(i)
+                        .and_then(|v| v.as_ref())
+                        .and_then(|b| std::str::from_utf8(b).ok())
+                        .map(str::to_string)
+                };
+                let tli = text(0).and_then(|t| t.parse::<u32>().ok());
+                let lsn = text(1).and_then(|t| t.parse::<Lsn>().ok());
+                match (tli, lsn) {
+                    (Some(tli), Some(lsn)) => self.next = Some((TimelineId(tli), lsn)),
+                    _ => {
+                        return Err(protocol(
+                            "unreadable next-timeline row after streaming".into(),
+                        ));
+                    }
+                }
+            }
+            Frame::Message(Message::CommandComplete(_)) => {}
+            // Data the server had in flight before it saw our CopyDone.
+            Frame::Message(Message::CopyData(_)) | Frame::Message(Message::CopyDone)
+                if !self.in_result => {}
+            Frame::Message(other) => {
+                return Err(protocol(format!(
+                    "unexpected {} after the end of streaming",
+                    message_name(&other)
+                )));
+            }
+            other => {
+                return Err(protocol(format!(
+                    "unexpected {other:?} after the end of streaming"
+                )));
+            }
+        }
+        Ok(None)
     }
 }
 

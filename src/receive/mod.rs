@@ -1,8 +1,9 @@
 //! `walden receive`: stream a cluster's WAL into the store, losing nothing.
 //!
-//! Shape: a network task (this module and [`session`]) reads the replication stream and
-//! answers the server; a [`writer`] thread verifies, writes and fsyncs; the durable position
-//! flows back to the network task, which reports it to the server only then. Sessions end
+//! Shape: an async task (this module and [`session`]) connects, picks the start position and
+//! timeline, and handles what ends a stream; while WAL flows, one blocking thread
+//! ([`streaming`]) reads the stream, has the [`writer`] verify, write and fsync it, and
+//! reports a position to the server only once it is durable. Sessions end
 //! on network trouble, server restarts and terminated WAL senders; [`run`] reconnects with
 //! capped exponential backoff and resumes from what the store holds, so nothing is skipped
 //! and nothing is stored twice.
@@ -14,6 +15,7 @@
 
 mod session;
 mod status;
+mod streaming;
 mod writer;
 
 pub use status::{ReceiverState, ReceiverStatus};

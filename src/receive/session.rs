@@ -1,17 +1,13 @@
 //! One connection's worth of streaming: where to start, which timeline, the CopyBoth loop,
 //! status updates, timeline switches, and classifying what the server says when it refuses.
 
-use std::time::{Duration, SystemTime};
-
 use tokio::sync::watch;
 
-use super::status::{Arrivals, Publisher, ReceiverState};
-use super::writer::{Command, WriterHandle, segment_start};
+use super::status::{Publisher, ReceiverState};
+use super::streaming::{self, Copy};
+use super::writer::{Writer, segment_start};
 use super::{ReceiveError, ReceiveOptions, StopAt};
-use crate::pg::{
-    self, ConnConfig, Connection, PgTimestamp, ServerMessage, SessionKind, SlotOptions, StartReply,
-    StatusUpdate, StreamEvent, SystemInfo,
-};
+use crate::pg::{self, ConnConfig, Connection, SessionKind, SlotOptions, StartReply, SystemInfo};
 use crate::store::{ClusterWriter, Gap, ServerIdentity};
 use crate::wal::{Lsn, PageMagic, TimelineId, VerifierConfig, WalSegSize};
 
@@ -35,7 +31,8 @@ pub(super) struct Failure {
 pub(super) struct Receiver<'a> {
     options: &'a ReceiveOptions,
     config: &'a ConnConfig,
-    writer: WriterHandle,
+    /// `None` only while the streaming thread has it (or after that thread crashed).
+    writer: Option<Writer>,
     identity: ServerIdentity,
     magic: PageMagic,
     target: Option<Lsn>,
@@ -44,8 +41,6 @@ pub(super) struct Receiver<'a> {
     /// Where to start instead of the store's own resume point: the next timeline after a
     /// switch, or what the server still has after a gap.
     resume_at: Option<(TimelineId, Lsn)>,
-    /// The writer's completed-segment count already added to the published status.
-    segments_published: u64,
 }
 
 impl<'a> Receiver<'a> {
@@ -74,7 +69,8 @@ impl<'a> Receiver<'a> {
             server_version_num: version.0,
             wal_segment_size,
         };
-        let store = ClusterWriter::open(&options.store, &options.cluster, &identity)?;
+        let mut store = ClusterWriter::open(&options.store, &options.cluster, &identity)?;
+        store.set_zero_fill(options.synchronous);
         let target = match options.stop {
             StopAt::Never => None,
             StopAt::CurrentEnd => Some(system.xlogpos),
@@ -99,17 +95,15 @@ impl<'a> Receiver<'a> {
             }
             Some(_) => {}
         }
-        let writer = WriterHandle::spawn(store, options.synchronous, options.compression);
         Ok(Receiver {
             options,
             config,
-            writer,
+            writer: Some(Writer::new(store, options.compression)),
             identity,
             magic,
             target,
             conn: Some(conn),
             resume_at: None,
-            segments_published: 0,
         })
     }
 
@@ -119,26 +113,28 @@ impl<'a> Receiver<'a> {
         match self.stream_timelines(shutdown, &mut streamed).await {
             Ok(ended) => Ok(ended),
             Err(error) => {
-                // Whatever happened, what was received stays durable as .partial.
-                let writer_failed = self.writer.has_stopped();
-                let error = match self.writer.end_stream().await {
-                    Ok(_) => error,
-                    // The writer's own error was already taken: `error` is it (or says more).
-                    Err(_) if writer_failed => error,
-                    Err(writer_error) if !matches!(error, ReceiveError::Verify(_)) => writer_error,
-                    Err(_) => error,
+                // Whatever happened, what was received stays durable as .partial; a store
+                // that fails now says more than the connection error that came first.
+                let error = match self.writer().and_then(Writer::end) {
+                    Err(end_error) if matches!(error, ReceiveError::Pg(_)) => end_error,
+                    _ => error,
                 };
                 Err(Failure { error, streamed })
             }
         }
     }
 
-    /// Ends the run: waits until the writer has made everything durable.
-    pub async fn finish(self) -> Result<(), ReceiveError> {
-        let flushed = self.writer.durable.borrow().flushed;
-        self.writer.shutdown().await?;
+    /// Ends the run: everything received is durable.
+    pub async fn finish(mut self) -> Result<(), ReceiveError> {
+        let flushed = self.writer()?.end()?;
         tracing::info!("stopped; WAL is durable in the store up to {flushed}");
         Ok(())
+    }
+
+    fn writer(&mut self) -> Result<&mut Writer, ReceiveError> {
+        self.writer.as_mut().ok_or_else(|| {
+            ReceiveError::Internal("the WAL writer was lost with the streaming thread".into())
+        })
     }
 
     async fn stream_timelines(
@@ -191,12 +187,12 @@ impl<'a> Receiver<'a> {
                 tli,
                 system_identifier: Some(self.identity.system_id.0),
             };
-            self.writer.send(Command::Begin { config, start }).await?;
-            let outcome = self.copy_loop(&mut conn, shutdown, start, streamed).await;
+            self.writer()?.begin(config, start)?;
+            let outcome = self.copy(conn, shutdown, start, streamed).await;
             match outcome {
                 Ok(Copy::Stopped) => return Ok(Ended::Done),
                 Ok(Copy::ServerEnded) => {
-                    self.writer.end_stream().await?;
+                    self.writer()?.end()?;
                     return Ok(Ended::Reconnect {
                         streamed: *streamed,
                     });
@@ -205,13 +201,51 @@ impl<'a> Receiver<'a> {
                     next_timeline,
                     next_start,
                 }) => {
-                    self.writer.end_stream().await?;
+                    self.writer()?.end()?;
+                    // The stream took the connection along: the next timeline gets a new one.
+                    (conn, system) = self.reconnect().await?;
                     self.switch_timeline(&mut conn, tli, next_timeline, next_start)
                         .await?;
-                    system = conn.identify_system().await?;
                 }
                 Err(e) => return self.handle_stream_error(e, tli, start).await,
             }
+        }
+    }
+
+    /// Streams one timeline on a blocking thread (see [`streaming`]), which owns the
+    /// connection and the writer meanwhile.
+    async fn copy(
+        &mut self,
+        conn: Connection,
+        shutdown: &watch::Receiver<bool>,
+        start: Lsn,
+        streamed: &mut bool,
+    ) -> Result<Copy, ReceiveError> {
+        let mut stream = conn.into_copy_stream()?;
+        let mut writer = self.writer.take().ok_or_else(|| {
+            ReceiveError::Internal("the WAL writer was lost with the streaming thread".into())
+        })?;
+        let settings = streaming::Settings {
+            synchronous: self.options.synchronous,
+            status_interval: self.options.status_interval,
+            target: self.target,
+            status: self.options.status.clone(),
+            shutdown: shutdown.clone(),
+        };
+        let thread = tokio::task::spawn_blocking(move || {
+            let mut streamed = false;
+            let outcome = streaming::run(&settings, &mut stream, &mut writer, start, &mut streamed);
+            (writer, outcome, streamed)
+        });
+        match thread.await {
+            Ok((writer, outcome, got_wal)) => {
+                self.writer = Some(writer);
+                *streamed |= got_wal;
+                outcome
+            }
+            Err(e) => Err(ReceiveError::Internal(format!(
+                "the streaming thread crashed: {e}"
+            ))),
         }
     }
 
@@ -243,15 +277,14 @@ impl<'a> Receiver<'a> {
     ) -> Result<(), ReceiveError> {
         for tli in 2..=current.0 {
             let tli = TimelineId(tli);
-            if self.writer.with_store(move |s| s.has_history(tli)).await? {
+            if self.writer()?.store().has_history(tli) {
                 continue;
             }
             match conn.timeline_history(tli).await {
                 Ok(history) => {
-                    let content = history.content.to_vec();
-                    self.writer
-                        .with_store(move |s| s.write_history(tli, &content))
-                        .await??;
+                    self.writer()?
+                        .store()
+                        .write_history(tli, &history.content)?;
                     tracing::info!("stored {}", history.file_name);
                 }
                 // The server's own timeline file must be there; older ones may be gone.
@@ -276,7 +309,7 @@ impl<'a> Receiver<'a> {
         if let Some(resume) = self.resume_at.take() {
             return Ok(resume);
         }
-        if let Some(position) = self.writer.with_store(|s| s.streaming_start()).await?? {
+        if let Some(position) = self.writer()?.store().streaming_start()? {
             return Ok(position);
         }
         if let Some(slot) = &self.options.slot
@@ -365,7 +398,7 @@ impl<'a> Receiver<'a> {
         if !removed {
             return Err(error);
         }
-        self.writer.end_stream().await?;
+        self.writer()?.end()?;
         // Go on from the start of the segment the server is writing now: it certainly has it.
         let (conn, system) = self.reconnect().await?;
         let resume = segment_start(system.xlogpos, self.identity.wal_segment_size);
@@ -376,10 +409,7 @@ impl<'a> Receiver<'a> {
             detected: crate::store::utc_now(),
             reason: error.to_string(),
         };
-        let recorded = gap.clone();
-        self.writer
-            .with_store(move |s| s.record_gap(recorded))
-            .await??;
+        self.writer()?.store().record_gap(gap.clone())?;
         if let Some(slot) = &self.options.slot {
             return Err(ReceiveError::Refused(format!(
                 "{error}, although replication slot {slot:?} should have kept it: the slot was invalidated (max_slot_wal_keep_size?); the gap {}..{} is recorded in the store; take a new base backup, then drop and re-create the slot",
@@ -396,226 +426,6 @@ impl<'a> Receiver<'a> {
         self.conn = Some(conn);
         Ok(Ended::Reconnect { streamed: true })
     }
-
-    /// The CopyBoth loop of one timeline.
-    ///
-    /// WAL is handed to the writer in batches: everything that arrived in one read, and in
-    /// asynchronous mode everything of the last [`BATCH_WAIT`] up to [`BATCH_BYTES`], so the
-    /// writer thread is woken a few dozen times a second rather than per message. Nothing
-    /// waits in a batch when durability is asked for (synchronous mode, a status update, a
-    /// keepalive that wants a reply, the stop position, the end of the stream).
-    async fn copy_loop(
-        &mut self,
-        conn: &mut Connection,
-        shutdown: &mut watch::Receiver<bool>,
-        start: Lsn,
-        streamed: &mut bool,
-    ) -> Result<Copy, ReceiveError> {
-        let mut received = start;
-        let mut durable = self.writer.durable.clone();
-        let publish = self.publisher();
-        let mut arrivals = Arrivals::default();
-        let mut ticker = tokio::time::interval(self.options.status_interval.max(MIN_STATUS));
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut batch = Batch::default();
-        // In asynchronous mode the socket is read at most every READ_PACE: the kernel gathers
-        // what the server sends meanwhile, and one wake-up handles it all.
-        let pace = (!self.options.synchronous).then_some(READ_PACE);
-        let mut next_read = tokio::time::Instant::now();
-        loop {
-            let paused = tokio::time::Instant::now() < next_read;
-            tokio::select! {
-                biased;
-                _ = crate::signals::requested(shutdown) => {
-                    self.flush_batch(&mut batch).await?;
-                    self.stop(conn, received).await?;
-                    return Ok(Copy::Stopped);
-                }
-                changed = durable.changed() => {
-                    if changed.is_err() || durable.borrow().failed {
-                        return Err(self.writer.failure().await);
-                    }
-                    let now = *durable.borrow_and_update();
-                    let flushed = now.flushed;
-                    let arrived = arrivals.flushed(flushed);
-                    let completed = now.segments.saturating_sub(self.segments_published);
-                    self.segments_published = now.segments;
-                    publish.update(|s| {
-                        s.flushed = Some(flushed);
-                        s.segments_completed += completed;
-                        if arrived.is_some() {
-                            s.flushed_arrived_at = arrived;
-                        }
-                    });
-                    send_status(conn, received, flushed).await?;
-                    if self.target.is_some_and(|target| flushed >= target) {
-                        self.flush_batch(&mut batch).await?;
-                        self.stop(conn, received).await?;
-                        return Ok(Copy::Stopped);
-                    }
-                }
-                _ = ticker.tick() => {
-                    self.flush_batch(&mut batch).await?;
-                    if !self.options.synchronous {
-                        self.writer.send(Command::Sync).await?;
-                    }
-                    let flushed = durable.borrow().flushed;
-                    send_status(conn, received, flushed).await?;
-                }
-                _ = tokio::time::sleep_until(batch.deadline()), if !batch.is_empty() => {
-                    self.flush_batch(&mut batch).await?;
-                }
-                _ = tokio::time::sleep_until(next_read), if paused => {}
-                frame = conn.recv(), if !paused => {
-                    // This frame and every other one already read: one batch for the writer.
-                    let before = received;
-                    let mut server_end = None;
-                    let mut next = Some(frame?);
-                    while let Some(frame) = next {
-                        let event = conn.stream_event(frame).await?;
-                        match event {
-                            StreamEvent::Message(ServerMessage::XLogData(x)) => {
-                                *streamed = true;
-                                server_end = Some(x.wal_end);
-                                received = received.max(Lsn(x.start.0 + x.data.len() as u64));
-                                batch.push(x.start, x.data);
-                            }
-                            StreamEvent::Message(ServerMessage::Keepalive(k)) => {
-                                server_end = Some(k.wal_end);
-                                if k.reply_requested {
-                                    // Answer now, and fsync so that the next answer (sent
-                                    // when the flush lands) lets a shutting-down server finish.
-                                    self.flush_batch(&mut batch).await?;
-                                    let flushed = durable.borrow().flushed;
-                                    send_status(conn, received, flushed).await?;
-                                    if !self.options.synchronous {
-                                        self.writer.send(Command::Sync).await?;
-                                    }
-                                }
-                            }
-                            StreamEvent::EndOfTimeline { next_timeline, next_start } => {
-                                self.flush_batch(&mut batch).await?;
-                                return Ok(Copy::TimelineEnded { next_timeline, next_start });
-                            }
-                            StreamEvent::Ended => {
-                                self.flush_batch(&mut batch).await?;
-                                return Ok(Copy::ServerEnded);
-                            }
-                        }
-                        next = conn.try_recv_buffered()?;
-                    }
-                    let arrived = SystemTime::now();
-                    if received > before {
-                        arrivals.push(received, arrived);
-                    }
-                    publish.update(|s| {
-                        s.last_message_at = Some(arrived);
-                        s.received = Some(received);
-                        s.bytes_received += received.0 - before.0;
-                        if let Some(end) = server_end {
-                            s.server_wal_end = Some(end);
-                        }
-                    });
-                    // Pause only when the socket had little: a busy stream is read flat out.
-                    if let Some(pace) = pace
-                        && received.0 - before.0 < PACE_BELOW
-                    {
-                        next_read = tokio::time::Instant::now() + pace;
-                    }
-                    let reached = self.target.is_some_and(|target| received >= target);
-                    if self.options.synchronous || reached || batch.bytes >= BATCH_BYTES {
-                        self.flush_batch(&mut batch).await?;
-                    }
-                    if reached && !self.options.synchronous {
-                        self.writer.send(Command::Sync).await?;
-                    }
-                }
-            }
-        }
-    }
-
-    /// Hands the batched WAL to the writer.
-    async fn flush_batch(&mut self, batch: &mut Batch) -> Result<(), ReceiveError> {
-        if !batch.is_empty() {
-            let chunks = std::mem::take(&mut batch.chunks);
-            batch.bytes = 0;
-            self.writer.send(Command::Wal(chunks)).await?;
-        }
-        Ok(())
-    }
-
-    /// Stops streaming on our side: everything durable, reported, then CopyDone.
-    async fn stop(&mut self, conn: &mut Connection, received: Lsn) -> Result<(), ReceiveError> {
-        let flushed = self.writer.end_stream().await?;
-        send_status(conn, received, flushed).await?;
-        // Be polite, but do not hang on a server that does not answer.
-        let _ = tokio::time::timeout(Duration::from_secs(5), conn.stop_streaming()).await;
-        Ok(())
-    }
-}
-
-/// Status updates are never sent more often than this from the timer.
-const MIN_STATUS: Duration = Duration::from_millis(100);
-
-/// In asynchronous mode, WAL is handed to the writer once this much has accumulated...
-pub(super) const BATCH_BYTES: usize = 512 * 1024;
-/// ... or once the oldest WAL in the batch has waited this long.
-const BATCH_WAIT: Duration = Duration::from_millis(50);
-/// In asynchronous mode, the least time between two reads of the socket...
-const READ_PACE: Duration = Duration::from_millis(20);
-/// ... when a read brought less WAL than this.
-const PACE_BELOW: u64 = 64 * 1024;
-
-/// WAL received but not yet handed to the writer.
-#[derive(Default)]
-struct Batch {
-    chunks: Vec<(Lsn, bytes::Bytes)>,
-    bytes: usize,
-    since: Option<tokio::time::Instant>,
-}
-
-impl Batch {
-    fn push(&mut self, start: Lsn, data: bytes::Bytes) {
-        if self.chunks.is_empty() {
-            self.since = Some(tokio::time::Instant::now());
-        }
-        self.bytes += data.len();
-        self.chunks.push((start, data));
-    }
-
-    fn is_empty(&self) -> bool {
-        self.chunks.is_empty()
-    }
-
-    /// When the batch must be handed over at the latest.
-    fn deadline(&self) -> tokio::time::Instant {
-        self.since.unwrap_or_else(tokio::time::Instant::now) + BATCH_WAIT
-    }
-}
-
-enum Copy {
-    Stopped,
-    ServerEnded,
-    TimelineEnded {
-        next_timeline: TimelineId,
-        next_start: Lsn,
-    },
-}
-
-async fn send_status(
-    conn: &mut Connection,
-    received: Lsn,
-    flushed: Lsn,
-) -> Result<(), ReceiveError> {
-    let update = StatusUpdate {
-        write: received,
-        flush: flushed,
-        apply: Lsn::INVALID,
-        time: PgTimestamp::now(),
-        reply_requested: false,
-    };
-    conn.send_status_update(&update).await?;
-    Ok(())
 }
 
 fn missing_slot(slot: &pg::SlotName, peer: &str) -> ReceiveError {

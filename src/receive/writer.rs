@@ -1,220 +1,99 @@
-//! The writer: a blocking thread that verifies received WAL, writes it into `.partial`
-//! segments, fsyncs, completes segments, and publishes how far the store is durable.
+//! The writer: verifies received WAL, writes it into `.partial` segments, fsyncs, completes
+//! segments, and knows how far the store is durable.
 //!
-//! It runs apart from the network task so that a slow fsync never delays reading the stream
-//! or answering keepalives. The flushed position flows back through a `watch` channel; the
-//! network task reports it to the server only after it was published here, i.e. after the
-//! bytes were fsynced.
+//! It is driven by the streaming thread itself ([`super::session`]), with no hand-off: WAL
+//! is verified as it is taken ([`Writer::write`]), queued without a copy (the pieces share
+//! the network buffer), and written with one `pwritev` per segment when the caller has
+//! handled everything one read brought ([`Writer::write_out`]). Only [`Writer::sync`],
+//! [`Writer::end`] and the completion of a segment move [`Writer::flushed`], so a position
+//! read there is durable and may be reported to the server.
 
 use bytes::Bytes;
-use tokio::sync::{mpsc, oneshot, watch};
 
 use super::ReceiveError;
 use crate::store::{ClusterWriter, Compression, SegmentWriter};
 use crate::wal::{Lsn, SegNo, TimelineId, VerifierConfig, WalSegSize, WalVerifier};
 
-/// Work for the writer, in stream order.
-pub(super) enum Command {
-    /// A new stream begins at `start` (a segment boundary) on `config.tli`.
-    Begin { config: VerifierConfig, start: Lsn },
-    /// WAL chunks in stream order, each starting where the previous one ended.
-    Wal(Vec<(Lsn, Bytes)>),
-    /// Make everything written so far durable and publish it.
-    Sync,
-    /// The stream ended (end of timeline, reconnect, shutdown): make the open segment durable
-    /// and keep it as `.partial`. Answers with the durable position.
-    End(oneshot::Sender<Lsn>),
-    /// Run something against the store, in order with the writes (the writer owns it).
-    WithStore(Box<dyn FnOnce(&mut ClusterWriter) + Send>),
-}
-
-/// What the writer has made durable.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) struct Durable {
-    /// Every byte before this is fsynced in the store.
-    pub flushed: Lsn,
-    /// The writer stopped on an error; join it to learn which.
-    pub failed: bool,
-    /// Segments completed since the writer started.
-    pub segments: u64,
-}
-
-/// The network task's side of the writer.
-pub(super) struct WriterHandle {
-    pub commands: mpsc::Sender<Command>,
-    pub durable: watch::Receiver<Durable>,
-    /// `None` once joined.
-    thread: Option<tokio::task::JoinHandle<Result<(), ReceiveError>>>,
-}
-
-/// Commands in flight: with batches of at most [`super::session::BATCH_BYTES`] (plus one
-/// message of at most 128 kB), this bounds the WAL held in memory to a few MB.
-const QUEUE_DEPTH: usize = 8;
-
-impl WriterHandle {
-    /// Starts the writer thread, which owns the store's cluster writer from now on.
-    pub fn spawn(store: ClusterWriter, synchronous: bool, compression: Compression) -> Self {
-        let (commands, rx) = mpsc::channel(QUEUE_DEPTH);
-        let (durable_tx, durable) = watch::channel(Durable {
-            flushed: Lsn::INVALID,
-            failed: false,
-            segments: 0,
-        });
-        let thread = tokio::task::spawn_blocking(move || {
-            let mut writer = Writer {
-                store,
-                synchronous,
-                compression,
-                stream: None,
-                durable: durable_tx,
-            };
-            let result = writer.run(rx);
-            if result.is_err() {
-                writer.durable.send_modify(|d| d.failed = true);
-            }
-            result
-        });
-        WriterHandle {
-            commands,
-            durable,
-            thread: Some(thread),
-        }
-    }
-
-    /// Sends a command; if the writer has stopped, returns the error it stopped with.
-    pub async fn send(&mut self, command: Command) -> Result<(), ReceiveError> {
-        if self.commands.send(command).await.is_err() {
-            return Err(self.failure().await);
-        }
-        Ok(())
-    }
-
-    /// Ends the current stream and waits until its data is durable.
-    pub async fn end_stream(&mut self) -> Result<Lsn, ReceiveError> {
-        let (tx, rx) = oneshot::channel();
-        self.send(Command::End(tx)).await?;
-        match rx.await {
-            Ok(lsn) => Ok(lsn),
-            Err(_) => Err(self.failure().await),
-        }
-    }
-
-    /// Runs `f` on the store in the writer thread and returns its result.
-    pub async fn with_store<T: Send + 'static>(
-        &mut self,
-        f: impl FnOnce(&mut ClusterWriter) -> T + Send + 'static,
-    ) -> Result<T, ReceiveError> {
-        let (tx, rx) = oneshot::channel();
-        let job = move |store: &mut ClusterWriter| {
-            let _ = tx.send(f(store));
-        };
-        self.send(Command::WithStore(Box::new(job))).await?;
-        match rx.await {
-            Ok(value) => Ok(value),
-            Err(_) => Err(self.failure().await),
-        }
-    }
-
-    /// Whether the writer's thread has been joined (its error, if any, already returned by
-    /// [`failure`](Self::failure)).
-    pub fn has_stopped(&self) -> bool {
-        self.thread.is_none()
-    }
-
-    /// The writer's error, once it has stopped on one.
-    pub async fn failure(&mut self) -> ReceiveError {
-        let Some(thread) = self.thread.take() else {
-            return ReceiveError::Internal("the WAL writer stopped after an earlier error".into());
-        };
-        match thread.await {
-            Ok(Err(e)) => e,
-            Ok(Ok(())) => ReceiveError::Internal("the WAL writer stopped unexpectedly".into()),
-            Err(e) => ReceiveError::Internal(format!("the WAL writer crashed: {e}")),
-        }
-    }
-
-    /// Stops the writer after it has made everything durable.
-    pub async fn shutdown(mut self) -> Result<(), ReceiveError> {
-        let (closed, _) = mpsc::channel(1);
-        drop(std::mem::replace(&mut self.commands, closed));
-        match self.thread.take() {
-            Some(thread) => match thread.await {
-                Ok(result) => result,
-                Err(e) => Err(ReceiveError::Internal(format!(
-                    "the WAL writer crashed: {e}"
-                ))),
-            },
-            None => Ok(()),
-        }
-    }
-}
-
-/// One stream being written: its verifier and the open segment.
+/// One stream being written: its verifier, the open segment and the WAL queued for it.
 struct Stream {
     tli: TimelineId,
     verifier: WalVerifier,
-    /// Where the next byte belongs.
+    /// Where the next byte taken belongs.
     next: Lsn,
     segment: Option<SegmentWriter>,
+    /// Verified WAL not yet written, all of it in the open segment, from its position on.
+    queued: Vec<Bytes>,
 }
 
-struct Writer {
+/// The store's side of the receiver. See the module documentation.
+pub(super) struct Writer {
     store: ClusterWriter,
-    synchronous: bool,
     compression: Compression,
     stream: Option<Stream>,
-    durable: watch::Sender<Durable>,
+    /// Every byte before this is fsynced in the store.
+    flushed: Lsn,
+    /// Segments completed since the writer was created.
+    segments: u64,
 }
 
 impl Writer {
+    pub fn new(store: ClusterWriter, compression: Compression) -> Writer {
+        Writer {
+            store,
+            compression,
+            stream: None,
+            flushed: Lsn::INVALID,
+            segments: 0,
+        }
+    }
+
+    /// The store, for what is not streaming (history files, gaps, the resume point).
+    pub fn store(&mut self) -> &mut ClusterWriter {
+        &mut self.store
+    }
+
+    pub fn flushed(&self) -> Lsn {
+        self.flushed
+    }
+
+    pub fn segments(&self) -> u64 {
+        self.segments
+    }
+
     fn seg_size(&self) -> WalSegSize {
         self.store.info().wal_segment_size
     }
 
-    fn run(&mut self, mut rx: mpsc::Receiver<Command>) -> Result<(), ReceiveError> {
-        while let Some(command) = rx.blocking_recv() {
-            match command {
-                Command::Begin { config, start } => {
-                    self.end()?;
-                    let verifier = WalVerifier::new(config, start).map_err(|e| {
-                        ReceiveError::Internal(format!("cannot verify from {start}: {e}"))
-                    })?;
-                    self.stream = Some(Stream {
-                        tli: config.tli,
-                        verifier,
-                        next: start,
-                        segment: None,
-                    });
-                    self.publish(start);
-                }
-                Command::Wal(chunks) => {
-                    for (start, data) in chunks {
-                        if let Err(e) = self.write(start, &data) {
-                            // Keep what we have, durable, for inspection.
-                            let _ = self.end();
-                            return Err(e);
-                        }
-                    }
-                    if self.synchronous && rx.is_empty() {
-                        self.sync()?;
-                    }
-                }
-                Command::Sync => self.sync()?,
-                Command::End(reply) => {
-                    let flushed = self.end()?;
-                    let _ = reply.send(flushed);
-                }
-                Command::WithStore(job) => job(&mut self.store),
-            }
-        }
+    /// A new stream begins at `start` (a segment boundary) on `config.tli`; the previous one,
+    /// if any, ends first.
+    pub fn begin(&mut self, config: VerifierConfig, start: Lsn) -> Result<(), ReceiveError> {
         self.end()?;
+        let verifier = WalVerifier::new(config, start)
+            .map_err(|e| ReceiveError::Internal(format!("cannot verify from {start}: {e}")))?;
+        self.stream = Some(Stream {
+            tli: config.tli,
+            verifier,
+            next: start,
+            segment: None,
+            queued: Vec::new(),
+        });
+        self.flushed = start;
         Ok(())
     }
 
-    /// Verifies `data` and writes it, completing segments as their last byte arrives.
-    fn write(&mut self, start: Lsn, data: &[u8]) -> Result<(), ReceiveError> {
+    /// Verifies `data`, which starts at `start`, and queues it; a segment whose last byte
+    /// arrives is written, fsynced and completed at once. On an error what came before is
+    /// kept, durable, as `.partial`.
+    pub fn write(&mut self, start: Lsn, data: Bytes) -> Result<(), ReceiveError> {
+        let result = self.take(start, data);
+        if result.is_err() {
+            let _ = self.end();
+        }
+        result
+    }
+
+    fn take(&mut self, start: Lsn, mut data: Bytes) -> Result<(), ReceiveError> {
         let seg_size = self.seg_size();
-        let compression = self.compression;
         let stream = self
             .stream
             .as_mut()
@@ -225,64 +104,90 @@ impl Writer {
                 stream.next
             )));
         }
-        stream.verifier.feed(data).map_err(ReceiveError::Verify)?;
-        let mut rest = data;
-        while !rest.is_empty() {
-            let segno = stream.next.segno(seg_size);
+        stream.verifier.feed(&data).map_err(ReceiveError::Verify)?;
+        while !data.is_empty() {
             let offset = stream.next.segment_offset(seg_size);
             let room = (seg_size.bytes() - u64::from(offset)) as usize;
-            let (piece, after) = rest.split_at(room.min(rest.len()));
-            let segment = match stream.segment.as_mut() {
-                Some(s) => s,
-                None => stream
-                    .segment
-                    .insert(self.store.open_segment(stream.tli, segno)?),
-            };
-            segment.write(offset, piece)?;
+            let piece = data.split_to(room.min(data.len()));
             stream.next = Lsn(stream.next.0 + piece.len() as u64);
-            rest = after;
-            if piece.len() == room {
+            let completes = piece.len() == room;
+            stream.queued.push(piece);
+            if completes {
+                Self::write_queued(&mut self.store, stream, seg_size)?;
                 let done = stream.segment.take().ok_or_else(|| {
                     ReceiveError::Internal("segment vanished while writing".into())
                 })?;
-                done.finish(compression)?;
-                let end = stream.next;
-                self.durable.send_modify(|d| {
-                    d.flushed = d.flushed.max(end);
-                    d.segments += 1;
-                });
+                done.finish(self.compression)?;
+                self.flushed = self.flushed.max(stream.next);
+                self.segments += 1;
             }
         }
         Ok(())
     }
 
-    /// fsyncs the open segment and publishes the durable position.
-    fn sync(&mut self) -> Result<(), ReceiveError> {
-        let Some(stream) = self.stream.as_mut() else {
-            return Ok(());
-        };
-        if let Some(segment) = stream.segment.as_mut() {
-            segment.sync()?;
+    /// Writes everything queued (no fsync).
+    pub fn write_out(&mut self) -> Result<(), ReceiveError> {
+        let seg_size = self.seg_size();
+        if let Some(stream) = self.stream.as_mut() {
+            Self::write_queued(&mut self.store, stream, seg_size)?;
         }
-        let next = stream.next;
-        self.publish(next);
         Ok(())
     }
 
-    /// Ends the current stream: the open segment is fsynced and stays `.partial`.
-    fn end(&mut self) -> Result<Lsn, ReceiveError> {
-        let Some(mut stream) = self.stream.take() else {
-            return Ok(self.durable.borrow().flushed);
-        };
-        if let Some(segment) = stream.segment.take() {
-            segment.close_partial()?;
+    fn write_queued(
+        store: &mut ClusterWriter,
+        stream: &mut Stream,
+        seg_size: WalSegSize,
+    ) -> Result<(), ReceiveError> {
+        if stream.queued.is_empty() {
+            return Ok(());
         }
-        self.publish(stream.next);
-        Ok(stream.next)
+        let len: usize = stream.queued.iter().map(Bytes::len).sum();
+        let first = Lsn(stream.next.0 - len as u64);
+        let segment = match stream.segment.as_mut() {
+            Some(s) => s,
+            None => stream
+                .segment
+                .insert(store.open_segment(stream.tli, first.segno(seg_size))?),
+        };
+        let pieces: Vec<&[u8]> = stream.queued.iter().map(|b| &b[..]).collect();
+        segment.write(first.segment_offset(seg_size), &pieces)?;
+        stream.queued.clear();
+        Ok(())
     }
 
-    fn publish(&self, flushed: Lsn) {
-        self.durable.send_modify(|d| d.flushed = flushed);
+    /// Writes what is queued, fsyncs the open segment (unless nothing was written since the
+    /// last time), and returns the durable position.
+    pub fn sync(&mut self) -> Result<Lsn, ReceiveError> {
+        self.write_out()?;
+        if let Some(stream) = self.stream.as_mut()
+            && stream.next > self.flushed
+        {
+            if let Some(segment) = stream.segment.as_mut() {
+                segment.sync()?;
+            }
+            self.flushed = stream.next;
+        }
+        Ok(self.flushed)
+    }
+
+    /// Ends the current stream: what is queued is written, the open segment fsynced and kept
+    /// as `.partial`. Returns the durable position.
+    pub fn end(&mut self) -> Result<Lsn, ReceiveError> {
+        let seg_size = self.seg_size();
+        let Some(mut stream) = self.stream.take() else {
+            return Ok(self.flushed);
+        };
+        // Whatever happens to the queued WAL, what was written before is made durable.
+        let written = Self::write_queued(&mut self.store, &mut stream, seg_size);
+        let closed = match stream.segment.take() {
+            Some(segment) => segment.close_partial().map_err(ReceiveError::from),
+            None => Ok(()),
+        };
+        written?;
+        closed?;
+        self.flushed = stream.next;
+        Ok(stream.next)
     }
 }
 

@@ -2,7 +2,7 @@
 //! request, and on completion renamed to its final name (and optionally compressed).
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, BufReader, BufWriter, Read};
+use std::io::{self, BufReader, BufWriter, IoSlice, Read};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -47,6 +47,9 @@ pub const DEFAULT_ZSTD_LEVEL: i32 = 3;
 /// Buffer size for streaming copies and comparisons (bounded memory).
 const CHUNK: usize = 128 * 1024;
 
+/// The most pieces one `pwritev` takes (Linux's `IOV_MAX`).
+const IOV_MAX: usize = 1024;
+
 /// A `.partial` segment open for writing. Owned (no borrow of the cluster writer), so it can
 /// be moved to a blocking thread; it keeps the cluster's lock alive while it exists.
 #[derive(Debug)]
@@ -70,6 +73,7 @@ impl SegmentWriter {
         segno: SegNo,
         size: WalSegSize,
         lock: Arc<File>,
+        zero_fill: bool,
     ) -> Result<SegmentWriter> {
         let name = WalFileName {
             partial: true,
@@ -97,7 +101,7 @@ impl SegmentWriter {
                 });
             }
             // Absent, or empty (a crash before preallocation in an older layout): create it.
-            _ => create_preallocated(&partial, size.bytes())?,
+            _ => create_preallocated(&partial, size.bytes(), zero_fill)?,
         };
         Ok(SegmentWriter {
             file,
@@ -139,9 +143,10 @@ impl SegmentWriter {
         &self.partial
     }
 
-    /// Writes `data` at `offset`, which must be the current position; `data` must end within
-    /// the segment (the caller splits writes at segment boundaries).
-    pub fn write(&mut self, offset: u32, data: &[u8]) -> Result<()> {
+    /// Writes `pieces`, one after the other, at `offset`, which must be the current position;
+    /// they must end within the segment (the caller splits writes at segment boundaries).
+    /// Several pieces go to the kernel in one system call (`pwritev`).
+    pub fn write(&mut self, offset: u32, pieces: &[&[u8]]) -> Result<()> {
         if offset != self.position {
             return Err(StoreError::OutOfOrder {
                 path: self.partial.clone(),
@@ -149,18 +154,37 @@ impl SegmentWriter {
                 got: offset,
             });
         }
-        let end = u64::from(offset) + data.len() as u64;
+        let len: usize = pieces.iter().map(|p| p.len()).sum();
+        let end = u64::from(offset) + len as u64;
         if end > self.size.bytes() {
             return Err(StoreError::PastSegmentEnd {
                 path: self.partial.clone(),
                 offset,
-                len: data.len(),
+                len,
                 size: self.size.bytes(),
             });
         }
-        self.file
-            .write_all_at(data, u64::from(offset))
-            .map_err(|e| StoreError::io("write WAL to", &self.partial, e))?;
+        let mut slices: Vec<IoSlice<'_>> = pieces.iter().map(|p| IoSlice::new(p)).collect();
+        let mut rest = &mut slices[..];
+        let mut at = u64::from(offset);
+        while !rest.is_empty() {
+            let batch = rest.len().min(IOV_MAX);
+            match rustix::io::pwritev(&self.file, rest.get(..batch).unwrap_or_default(), at) {
+                Ok(0) => {
+                    return Err(StoreError::io(
+                        "write WAL to",
+                        &self.partial,
+                        std::io::ErrorKind::WriteZero.into(),
+                    ));
+                }
+                Ok(n) => {
+                    at += n as u64;
+                    IoSlice::advance_slices(&mut rest, n);
+                }
+                Err(rustix::io::Errno::INTR) => {}
+                Err(e) => return Err(StoreError::io("write WAL to", &self.partial, e.into())),
+            }
+        }
         // end <= segment size <= 1 GiB, so it fits.
         self.position = end as u32;
         Ok(())
@@ -261,7 +285,8 @@ fn open_rw(path: &Path) -> Result<File> {
 /// tmpfs mark them unwritten: no zeros go to disk, unlike pg_receivewal's padding); where it
 /// is not supported, `set_len` makes a sparse file. Either way the WAL is the only data
 /// written, and the size never changes afterwards, so `fdatasync` has no size to commit.
-fn create_preallocated(path: &Path, len: u64) -> Result<File> {
+/// Creates `path` with `len` bytes reserved (and written as zeros with `zero_fill`), durably.
+fn create_preallocated(path: &Path, len: u64, zero_fill: bool) -> Result<File> {
     let tmp = durable::temp_path(path);
     let file = OpenOptions::new()
         .read(true)
@@ -287,10 +312,26 @@ fn create_preallocated(path: &Path, len: u64) -> Result<File> {
             return Err(StoreError::io("preallocate", &tmp, e.into()));
         }
     }
+    if zero_fill {
+        let zeros = vec![0u8; ZERO_CHUNK];
+        let mut at = 0;
+        while at < len {
+            let n = (len - at).min(ZERO_CHUNK as u64) as usize;
+            if let Err(e) = file.write_all_at(zeros.get(..n).unwrap_or_default(), at) {
+                drop(file);
+                let _ = fs::remove_file(&tmp);
+                return Err(StoreError::io("fill with zeros", &tmp, e));
+            }
+            at += n as u64;
+        }
+    }
     durable::sync_file(&file, &tmp)?;
     durable::rename_synced(&tmp, path)?;
     Ok(file)
 }
+
+/// Zeros are written this much at a time (see [`ClusterWriter::set_zero_fill`](super::ClusterWriter::set_zero_fill)).
+const ZERO_CHUNK: usize = 1024 * 1024;
 
 /// Compresses `src` into `dst` through `<dst>.tmp`, streaming, then fsyncs and renames.
 fn compress(src: &Path, dst: &Path, level: i32, content_size: u64) -> Result<()> {

@@ -47,7 +47,7 @@ fn write_whole(seg: &mut SegmentWriter, size: u64, seed: u8) -> Vec<u8> {
     let data = pattern(size, seed);
     let mut off = 0usize;
     for chunk in data.chunks(100_003) {
-        seg.write(off as u32, chunk).unwrap();
+        seg.write(off as u32, &[chunk]).unwrap();
         off += chunk.len();
     }
     data
@@ -368,14 +368,14 @@ fn segments_write_sync_and_finish_plain_and_compressed() {
     let mut seg = w.open_segment(tli, SegNo(1)).unwrap();
     assert_eq!((seg.tli(), seg.segno(), seg.position()), (tli, SegNo(1), 0));
     let data = pattern(MB, 1);
-    seg.write(0, &data[..1000]).unwrap();
+    seg.write(0, &[&data[..1000]]).unwrap();
     assert_eq!(seg.synced_up_to(), 0);
     seg.sync().unwrap();
     assert_eq!((seg.position(), seg.synced_up_to()), (1000, 1000));
     assert_eq!(seg.synced_lsn(), Lsn(MB + 1000));
     // Out of order and past the end are refused without writing.
     assert!(matches!(
-        seg.write(999, &data[999..1001]),
+        seg.write(999, &[&data[999..1001]]),
         Err(StoreError::OutOfOrder {
             expected: 1000,
             got: 999,
@@ -383,10 +383,10 @@ fn segments_write_sync_and_finish_plain_and_compressed() {
         })
     ));
     assert!(matches!(
-        seg.write(1000, &vec![0u8; MB as usize]),
+        seg.write(1000, &[&vec![0u8; MB as usize]]),
         Err(StoreError::PastSegmentEnd { .. })
     ));
-    seg.write(1000, &data[1000..]).unwrap();
+    seg.write(1000, &[&data[1000..]]).unwrap();
     let plain = seg.finish(Compression::None).unwrap();
     assert!(fs::read(&plain).unwrap() == data);
 
@@ -402,7 +402,7 @@ fn segments_write_sync_and_finish_plain_and_compressed() {
 
     // Finishing early is refused and keeps the partial, synced.
     let mut seg = w.open_segment(tli, SegNo(3)).unwrap();
-    seg.write(0, &data[..10]).unwrap();
+    seg.write(0, &[&data[..10]]).unwrap();
     assert!(matches!(
         seg.finish(Compression::None),
         Err(StoreError::Incomplete { position: 10, .. })
@@ -501,14 +501,14 @@ fn partials_are_reused_or_refused() {
     let tli = TimelineId(1);
     let mut seg = w.open_segment(tli, SegNo(9)).unwrap();
     let data = pattern(MB, 9);
-    seg.write(0, &data[..5000]).unwrap();
+    seg.write(0, &[&data[..5000]]).unwrap();
     seg.close_partial().unwrap();
     assert_eq!(start(&w), Some((tli, seg_start(1, 9))));
 
     // Reopened from offset 0 over the old contents.
     let mut seg = w.open_segment(tli, SegNo(9)).unwrap();
     assert_eq!(seg.position(), 0);
-    seg.write(0, &data).unwrap();
+    seg.write(0, &[&data]).unwrap();
     let path = seg.finish(Compression::None).unwrap();
     assert!(fs::read(path).unwrap() == data);
 
@@ -539,7 +539,7 @@ fn a_crash_between_steps_leaves_a_usable_store() {
         seg.finish(Compression::None).unwrap();
         // "Crash" with a full-size partial after writing part of segment 2.
         let mut seg = w.open_segment(tli, SegNo(2)).unwrap();
-        seg.write(0, &[1; 100]).unwrap();
+        seg.write(0, &[&[1; 100]]).unwrap();
         drop(seg);
     }
     let dir = p.join("main/wal/0000000100000000");

@@ -23,6 +23,7 @@ use crate::wal::{Lsn, SegNo, TimelineId};
 pub struct ClusterWriter {
     reader: ClusterReader,
     lock: Arc<File>,
+    zero_fill: bool,
 }
 
 impl ClusterWriter {
@@ -56,6 +57,7 @@ impl ClusterWriter {
         Ok(ClusterWriter {
             reader: ClusterReader::from_parts(paths, info),
             lock,
+            zero_fill: false,
         })
     }
 
@@ -110,7 +112,24 @@ impl ClusterWriter {
         let size = self.info().wal_segment_size;
         let dir = self.reader.paths().segment_dir(tli, segno, size);
         durable::create_dir_all_durable(&dir)?;
-        SegmentWriter::open(&dir, tli, segno, size, Arc::clone(&self.lock))
+        SegmentWriter::open(
+            &dir,
+            tli,
+            segno,
+            size,
+            Arc::clone(&self.lock),
+            self.zero_fill,
+        )
+    }
+
+    /// Whether new segments are filled with zeros when created (their space is always
+    /// reserved first). For synchronous mode, which fsyncs after every commit: on ext4 the
+    /// first write into reserved, never-written space also changes the file's extent map, so
+    /// each such fsync writes the inode as well as the data. Writing the zeros once, at
+    /// creation, makes every later fsync write only data (and costs one more write of each
+    /// segment, as pg_receivewal always pays).
+    pub fn set_zero_fill(&mut self, zero_fill: bool) {
+        self.zero_fill = zero_fill;
     }
 
     /// Stores a timeline history file atomically. An identical existing file is fine; a

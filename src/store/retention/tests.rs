@@ -578,10 +578,10 @@ fn prune_runs_beside_a_receiver() {
     backup(root.path(), 1, 258, 1, 10);
     // The receiver holds the cluster lock and writes the segment after the last.
     let mut head = receiver.open_segment(TimelineId(1), SegNo(260)).unwrap();
-    head.write(0, &[1u8; 4096]).unwrap();
+    head.write(0, &[&[1u8; 4096]]).unwrap();
     let report = prune(root.path(), &main(), &keep(1), false, at(10 * DAY)).unwrap();
     assert_eq!(report.deleted_wal.count, 8);
-    head.write(4096, &[2u8; 4096]).unwrap();
+    head.write(4096, &[&[2u8; 4096]]).unwrap();
     head.sync().unwrap();
     assert_eq!(
         wal_names(root.path()),
