@@ -89,7 +89,7 @@ impl SyncIo {
 /// The smallest and largest piece read from the socket at once. Each read offers about twice
 /// what the previous one brought, so a stream of small messages (synchronous commits) does not
 /// pay for large buffers and a busy one is read in large pieces.
-const MIN_READ: usize = 16 * 1024;
+const MIN_READ: usize = 4 * 1024;
 const MAX_READ: usize = 1024 * 1024;
 
 /// A CopyBoth stream in blocking mode. See the module documentation.

@@ -70,21 +70,25 @@ pub(super) fn run(
     streamed: &mut bool,
 ) -> Result<Copy, ReceiveError> {
     let publish = Publisher(settings.status.as_ref());
+    let mut published = Published {
+        publish,
+        segments: writer.segments(),
+    };
     let mut received = start;
     let mut reported = writer.flushed();
-    let mut segments_published = writer.segments();
     let mut arrivals = Arrivals::default();
     let status_every = settings.status_interval.max(MIN_STATUS);
     let mut next_status = Instant::now() + status_every;
     loop {
         if *settings.shutdown.borrow() {
-            return stop(stream, writer, received);
+            return stop(stream, writer, received, &mut published, &mut arrivals);
         }
         let now = Instant::now();
         if now >= next_status {
             let flushed = writer.sync()?;
             send_status(stream, received, flushed)?;
             reported = flushed;
+            published.flushed(writer, &mut arrivals, flushed);
             next_status = now + status_every;
         }
         let wait = next_status
@@ -151,19 +155,10 @@ pub(super) fn run(
         if flushed > reported || reply {
             send_status(stream, received, flushed)?;
             reported = flushed;
-            let arrived = arrivals.flushed(flushed);
-            let completed = writer.segments() - segments_published;
-            segments_published = writer.segments();
-            publish.update(|s| {
-                s.flushed = Some(flushed);
-                s.segments_completed += completed;
-                if arrived.is_some() {
-                    s.flushed_arrived_at = arrived;
-                }
-            });
+            published.flushed(writer, &mut arrivals, flushed);
         }
         if reached {
-            return stop(stream, writer, received);
+            return stop(stream, writer, received, &mut published, &mut arrivals);
         }
         if !settings.synchronous && received.0 - before.0 < PACE_BELOW {
             std::thread::sleep(READ_PACE);
@@ -171,9 +166,39 @@ pub(super) fn run(
     }
 }
 
+/// What the supervisor was told (through [`Publisher`]) of the writer's progress.
+struct Published<'a> {
+    publish: Publisher<'a>,
+    /// The writer's completed-segment count already added to the published status.
+    segments: u64,
+}
+
+impl Published<'_> {
+    /// The durable position moved to `flushed`.
+    fn flushed(&mut self, writer: &Writer, arrivals: &mut Arrivals, flushed: Lsn) {
+        let arrived = arrivals.flushed(flushed);
+        let completed = writer.segments() - self.segments;
+        self.segments = writer.segments();
+        self.publish.update(|s| {
+            s.flushed = Some(flushed);
+            s.segments_completed += completed;
+            if arrived.is_some() {
+                s.flushed_arrived_at = arrived;
+            }
+        });
+    }
+}
+
 /// Stops streaming on our side: everything durable, reported, then CopyDone.
-fn stop(stream: &mut CopyStream, writer: &mut Writer, received: Lsn) -> Result<Copy, ReceiveError> {
+fn stop(
+    stream: &mut CopyStream,
+    writer: &mut Writer,
+    received: Lsn,
+    published: &mut Published<'_>,
+    arrivals: &mut Arrivals,
+) -> Result<Copy, ReceiveError> {
     let flushed = writer.end()?;
+    published.flushed(writer, arrivals, flushed);
     send_status(stream, received, flushed)?;
     // Be polite, but do not hang on a server that does not answer.
     let _ = stream.stop(STOP_TIMEOUT);
