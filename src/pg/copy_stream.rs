@@ -90,7 +90,7 @@ impl SyncIo {
 /// what the previous one brought, so a stream of small messages (synchronous commits) does not
 /// pay for large buffers and a busy one is read in large pieces.
 const MIN_READ: usize = 4 * 1024;
-const MAX_READ: usize = 1024 * 1024;
+const MAX_READ: usize = 256 * 1024;
 
 /// A CopyBoth stream in blocking mode. See the module documentation.
 pub struct CopyStream {
@@ -138,8 +138,9 @@ impl CopyStream {
         self.rbuf.len() as u64 > u64::from(len)
     }
 
-    /// Reads what the socket holds now, without waiting, until it is empty or `limit` bytes
-    /// were read. Returns how many bytes were read; the end of the connection is an error.
+    /// Reads what the socket holds now, without waiting, until a read comes back short or
+    /// `limit` bytes were read. Returns how many bytes were read; the end of the connection is
+    /// an error.
     pub fn read_available(&mut self, limit: usize) -> Result<usize, Error> {
         let mut total = 0;
         while total < limit {
@@ -169,6 +170,11 @@ impl CopyStream {
             self.rbuf.truncate(len + n);
             self.next_read = n.saturating_mul(2);
             total += n;
+            if n < want {
+                // A short read: the socket is most likely empty now, and finding out costs a
+                // system call. Anything left is taken after the next wait.
+                break;
+            }
         }
         Ok(total)
     }

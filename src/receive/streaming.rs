@@ -56,7 +56,7 @@ pub(super) const READ_PACE: Duration = Duration::from_millis(20);
 const PACE_BELOW: u64 = 64 * 1024;
 /// The most read from the socket before what was read is written: bounds the WAL held in
 /// memory.
-const READ_LIMIT: usize = 4 * 1024 * 1024;
+const READ_LIMIT: usize = 1024 * 1024;
 /// The longest wait for the server's end of the exchange after our CopyDone.
 const STOP_TIMEOUT: Duration = Duration::from_secs(5);
 

@@ -330,8 +330,13 @@ fn create_preallocated(path: &Path, len: u64, zero_fill: bool) -> Result<File> {
     Ok(file)
 }
 
-/// Zeros are written this much at a time (see [`ClusterWriter::set_zero_fill`](super::ClusterWriter::set_zero_fill)).
-const ZERO_CHUNK: usize = 1024 * 1024;
+/// Zeros are written one page at a time (see
+/// [`ClusterWriter::set_zero_fill`](super::ClusterWriter::set_zero_fill)). The size matters:
+/// the kernel caches a file in pieces ("folios") as large as the writes that created them,
+/// and writes a dirty piece back whole. Filled 1 MiB at a time, each later small write and
+/// fsync wrote 1 MiB to disk (measured: 148 bytes per WAL byte in synchronous mode); filled a
+/// page at a time, it writes a page.
+const ZERO_CHUNK: usize = 4096;
 
 /// Compresses `src` into `dst` through `<dst>.tmp`, streaming, then fsyncs and renames.
 fn compress(src: &Path, dst: &Path, level: i32, content_size: u64) -> Result<()> {
