@@ -260,7 +260,9 @@ pub async fn take_backup(
     let bb_options = BaseBackupOptions {
         label: label.clone(),
         fast_checkpoint: options.fast_checkpoint,
-        progress: true,
+        // The server sizes the whole cluster before sending when asked for progress: only
+        // worth it for a progress bar.
+        progress: options.progress_bar,
         wal: options.include_wal,
         wait_for_archive: false,
         max_rate_kb: options
