@@ -478,7 +478,7 @@ pub fn compare(manifest: &Manifest, files: impl IntoIterator<Item = FileSummary>
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use crate::backup::tar_stream::TarStream;
     use crate::backup::tar_stream::tests::{archive, dir, file, parse_all};
@@ -506,7 +506,7 @@ mod tests {
         format!("{body}\"Manifest-Checksum\": \"{sum}\"}}\n")
     }
 
-    fn file_line(path: &str, data: &[u8], alg: ChecksumAlgorithm) -> String {
+    pub(in crate::backup) fn file_line(path: &str, data: &[u8], alg: ChecksumAlgorithm) -> String {
         let sum = crate::backup::tar_stream::checksum(alg, data);
         if alg == ChecksumAlgorithm::None {
             format!(
@@ -522,7 +522,7 @@ mod tests {
         }
     }
 
-    fn manifest_text(files: &[String]) -> String {
+    pub(in crate::backup) fn manifest_text(files: &[String]) -> String {
         seal(&format!(
             "{{ \"PostgreSQL-Backup-Manifest-Version\": 2,\n\"System-Identifier\": 7711086575738853143,\n\"Files\": [\n{}\n],\n\"WAL-Ranges\": [\n{{ \"Timeline\": 2, \"Start-LSN\": \"0/5000000\", \"End-LSN\": \"0/5000100\" }},\n{{ \"Timeline\": 1, \"Start-LSN\": \"0/4000028\", \"End-LSN\": \"0/5000000\" }}\n],\n",
             files.join(",\n")

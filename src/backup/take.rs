@@ -1,7 +1,8 @@
 //! `walden backup`: one base backup of the whole cluster into the store.
 //!
-//! A network task pulls `BASE_BACKUP` events from the server and hands them to a blocking
-//! [`Sink`] thread that writes and checks the archives. Then the manifest is checked, the
+//! A network task pulls `BASE_BACKUP` events from the server and hands the same bytes to two
+//! blocking threads: an [`ArchiveWriter`] that writes (or compresses) the archives and an
+//! [`ArchiveChecker`] that checks them (decompressing the server's zstd). Then the manifest is checked, the
 //! server's configuration files are captured when the role may read them, and the backup
 //! waits until the store holds every WAL byte from its start to its stop position (written
 //! by `walden receive`), unless it carries its own WAL. Only then is `backup.json` written
@@ -14,7 +15,7 @@ use std::time::{Duration, Instant, SystemTime};
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot, watch};
 
-use super::sink::{ArchiveRecord, Sink, SinkError, Stored, Written};
+use super::sink::{ArchiveChecker, ArchiveRecord, ArchiveWriter, Checked, SinkError, Stored};
 use crate::pg::{
     self, BackupEvent, BaseBackupOptions, ConnConfig, Connection, SessionKind, TablespaceInfo,
 };
@@ -202,17 +203,147 @@ pub struct ConfigSource {
     pub server_path: String,
 }
 
-/// Archive bytes are handed to the sink thread in batches of about this size.
+/// Archive bytes are handed to the writer and checker threads in batches of about this size.
 const DATA_BATCH: usize = 1024 * 1024;
 
-/// Work for the sink thread.
-enum Job {
+/// A piece of the stream, for both the writer and the checker.
+#[derive(Clone)]
+enum Piece {
     Begin(String, Option<String>),
     /// Archive bytes, several network messages at once (fewer thread wake-ups).
     Data(Vec<Bytes>),
     End,
     Manifest(Bytes),
-    Finish(oneshot::Sender<Result<(BackupWriter, Written), SinkError>>),
+}
+
+/// Work for the writer or the checker thread: pieces, then the request for its result.
+enum Job<T> {
+    Piece(Piece),
+    Finish(oneshot::Sender<Result<T, SinkError>>),
+}
+
+/// One of the two threads the stream is handed to.
+trait Half: Send + 'static {
+    type Done: Send + 'static;
+    fn piece(&mut self, piece: Piece) -> Result<(), SinkError>;
+    fn finish(self) -> Result<Self::Done, SinkError>;
+    /// Stopping without finishing.
+    fn abandon(self);
+}
+
+impl Half for ArchiveWriter {
+    type Done = (BackupWriter, Vec<ArchiveRecord>);
+
+    fn piece(&mut self, piece: Piece) -> Result<(), SinkError> {
+        match piece {
+            Piece::Begin(name, location) => self.begin_archive(&name, location),
+            Piece::Data(chunks) => chunks.iter().try_for_each(|data| self.archive_data(data)),
+            Piece::End => self.end_archive(),
+            Piece::Manifest(data) => {
+                self.manifest_data(&data);
+                Ok(())
+            }
+        }
+    }
+
+    fn finish(self) -> Result<Self::Done, SinkError> {
+        ArchiveWriter::finish(self)
+    }
+
+    fn abandon(self) {
+        ArchiveWriter::abandon(self)
+    }
+}
+
+impl Half for ArchiveChecker {
+    type Done = Checked;
+
+    fn piece(&mut self, piece: Piece) -> Result<(), SinkError> {
+        match piece {
+            Piece::Begin(name, _) => self.begin_archive(&name),
+            Piece::Data(chunks) => chunks.iter().try_for_each(|data| self.archive_data(data)),
+            Piece::End => self.end_archive(),
+            Piece::Manifest(data) => {
+                self.manifest_data(&data);
+                Ok(())
+            }
+        }
+    }
+
+    fn finish(self) -> Result<Checked, SinkError> {
+        ArchiveChecker::finish(self)
+    }
+
+    fn abandon(self) {}
+}
+
+/// A half's thread and the queue to it.
+struct Worker<H: Half> {
+    jobs: mpsc::Sender<Job<H::Done>>,
+    thread: tokio::task::JoinHandle<Result<(), SinkError>>,
+}
+
+impl<H: Half> Worker<H> {
+    fn spawn(half: H) -> Worker<H> {
+        // At most a few batches in flight: bounded memory (both halves share the bytes).
+        let (jobs, rx) = mpsc::channel(4);
+        let thread = tokio::task::spawn_blocking(move || run_half(half, rx));
+        Worker { jobs, thread }
+    }
+
+    /// Asks for the half's result; a half that stopped on an error gives that error.
+    async fn finish(self) -> Result<H::Done, SinkError> {
+        let (done_tx, done_rx) = oneshot::channel();
+        let sent = self.jobs.send(Job::Finish(done_tx)).await.is_ok();
+        drop(self.jobs);
+        let reply = match sent {
+            true => done_rx.await.ok(),
+            false => None,
+        };
+        let joined = self.thread.await;
+        match (reply, joined) {
+            (Some(result), _) => result,
+            (None, Ok(Err(e))) => Err(e),
+            (None, _) => Err(SinkError::Protocol(
+                "the archive writer or checker stopped unexpectedly".into(),
+            )),
+        }
+    }
+
+    /// Stops the half after a failure elsewhere: the error it stopped with, if any.
+    async fn stop(self) -> Option<SinkError> {
+        drop(self.jobs);
+        match self.thread.await {
+            Ok(Err(e)) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+/// The writer and the checker, fed the same pieces.
+struct Halves {
+    writer: Worker<ArchiveWriter>,
+    checker: Worker<ArchiveChecker>,
+}
+
+impl Halves {
+    /// False when either half has stopped (on an error, given when it is stopped).
+    async fn send(&self, piece: Piece) -> bool {
+        self.checker
+            .jobs
+            .send(Job::Piece(piece.clone()))
+            .await
+            .is_ok()
+            && self.writer.jobs.send(Job::Piece(piece)).await.is_ok()
+    }
+
+    /// After a failure: stops both (the writer removes the partial backup) and returns the
+    /// error one of them stopped with, which is then the cause.
+    async fn stop(self) -> Option<SinkError> {
+        let checker = self.checker.stop().await;
+        let writer = self.writer.stop().await;
+        checker.or(writer)
+    }
 }
 
 /// Takes a base backup. `shutdown` turning true stops it; nothing complete-looking is left.
@@ -253,14 +384,17 @@ pub async fn take_backup(
         BackupCompression::Zstd(level) => Stored::Zstd(level),
         _ => Stored::AsSent,
     };
-    // At most a few batches in flight: bounded memory.
-    let (jobs, rx) = mpsc::channel::<Job>(4);
-    let sink_thread = tokio::task::spawn_blocking(move || run_sink(Sink::new(writer, stored), rx));
+    let halves = Halves {
+        writer: Worker::spawn(ArchiveWriter::new(writer, stored)),
+        checker: Worker::spawn(ArchiveChecker::new()),
+    };
 
     let bb_options = BaseBackupOptions {
         label: label.clone(),
         fast_checkpoint: options.fast_checkpoint,
-        progress: true,
+        // The server sizes the whole cluster before sending when asked for progress: only
+        // worth it for a progress bar.
+        progress: options.progress_bar,
         wal: options.include_wal,
         wait_for_archive: false,
         max_rate_kb: options
@@ -277,37 +411,35 @@ pub async fn take_backup(
             _ => None,
         },
     };
-    let streamed = stream_backup(&mut conn, &bb_options, &jobs, &mut shutdown, options).await;
+    let streamed = stream_backup(&mut conn, &bb_options, &halves, &mut shutdown, options).await;
     let (start, stop, mut tablespaces) = match streamed {
         Ok(positions) => positions,
         Err(e) => {
-            drop(jobs);
-            // When the sink stopped first, its error is the cause.
-            return Err(match abandon(sink_thread).await {
+            // When a half stopped first, its error is the cause.
+            return Err(match halves.stop().await {
                 Some(sink_error) => sink_error.into(),
                 None => e,
             });
         }
     };
-    let (done_tx, done_rx) = oneshot::channel();
-    let sent = jobs.send(Job::Finish(done_tx)).await;
-    drop(jobs);
-    let finished = match (sent, done_rx.await) {
-        (Ok(()), Ok(result)) => result,
-        _ => {
-            return Err(BackupError::Internal(
-                "the archive writer stopped unexpectedly".into(),
-            ));
-        }
+    let Halves { writer, checker } = halves;
+    let (written, checked) = tokio::join!(writer.finish(), checker.finish());
+    // The checker's verdict first: a mismatch explains more than a failed write.
+    let (writer, written) = match (written, checked) {
+        (Ok((writer, archives)), checked) => match checked.and_then(|c| c.merge(archives)) {
+            Ok(written) => (writer, written),
+            Err(e) => {
+                if let Err(abandon_error) = writer.abandon() {
+                    tracing::warn!(
+                        "could not remove the failed backup's directory: {abandon_error}"
+                    );
+                }
+                return Err(e.into());
+            }
+        },
+        // The writer removed the partial backup when it failed.
+        (Err(write_error), checked) => return Err(checked.err().unwrap_or(write_error).into()),
     };
-    let (writer, written) = match finished {
-        Ok(done) => done,
-        Err(e) => {
-            let _ = sink_thread.await;
-            return Err(e.into());
-        }
-    };
-    let _ = sink_thread.await;
     conn.close().await;
     let stopped = SystemTime::now();
 
@@ -365,7 +497,7 @@ pub async fn take_backup(
 async fn stream_backup(
     conn: &mut Connection,
     bb_options: &BaseBackupOptions,
-    jobs: &mpsc::Sender<Job>,
+    halves: &Halves,
     shutdown: &mut watch::Receiver<bool>,
     options: &BackupOptions,
 ) -> Result<((Lsn, TimelineId), (Lsn, TimelineId), Vec<TablespaceRecord>), BackupError> {
@@ -391,14 +523,14 @@ async fn stream_backup(
             }
             Err(e) => return Err(e.into()),
         };
-        let send = |job| async { jobs.send(job).await.is_ok() };
+        let send = |piece| halves.send(piece);
         if !matches!(
             event,
             BackupEvent::ArchiveData(_) | BackupEvent::Progress(_)
         ) && !pending.is_empty()
         {
             pending_bytes = 0;
-            if !send(Job::Data(std::mem::take(&mut pending))).await {
+            if !send(Piece::Data(std::mem::take(&mut pending))).await {
                 return Err(BackupError::Internal("the archive writer stopped".into()));
             }
         }
@@ -429,24 +561,24 @@ async fn stream_backup(
                 tablespace_location,
             } => {
                 progress.archive(&name);
-                send(Job::Begin(name, tablespace_location)).await
+                send(Piece::Begin(name, tablespace_location)).await
             }
             BackupEvent::ArchiveData(data) => {
                 pending_bytes += data.len();
                 pending.push(data);
                 if pending_bytes >= DATA_BATCH {
                     pending_bytes = 0;
-                    send(Job::Data(std::mem::take(&mut pending))).await
+                    send(Piece::Data(std::mem::take(&mut pending))).await
                 } else {
                     true
                 }
             }
-            BackupEvent::ArchiveEnd => send(Job::End).await,
+            BackupEvent::ArchiveEnd => send(Piece::End).await,
             BackupEvent::Progress(done) => {
                 progress.done(done);
                 true
             }
-            BackupEvent::ManifestData(data) => send(Job::Manifest(data)).await,
+            BackupEvent::ManifestData(data) => send(Piece::Manifest(data)).await,
             BackupEvent::ManifestEnd => true,
             BackupEvent::Ended { end: lsn, timeline } => {
                 end = Some((lsn, timeline));
@@ -458,7 +590,7 @@ async fn stream_backup(
             return Err(BackupError::Internal("the archive writer stopped".into()));
         }
     }
-    if !pending.is_empty() && jobs.send(Job::Data(pending)).await.is_err() {
+    if !pending.is_empty() && !halves.send(Piece::Data(pending)).await {
         return Err(BackupError::Internal("the archive writer stopped".into()));
     }
     progress.finish();
@@ -470,37 +602,23 @@ async fn stream_backup(
     }
 }
 
-fn run_sink(mut sink: Sink, mut rx: mpsc::Receiver<Job>) -> Result<(), SinkError> {
+fn run_half<H: Half>(mut half: H, mut rx: mpsc::Receiver<Job<H::Done>>) -> Result<(), SinkError> {
     while let Some(job) = rx.blocking_recv() {
-        let result = match job {
-            Job::Begin(name, location) => sink.begin_archive(&name, location),
-            Job::Data(chunks) => chunks.iter().try_for_each(|data| sink.archive_data(data)),
-            Job::End => sink.end_archive(),
-            Job::Manifest(data) => {
-                sink.manifest_data(&data);
-                Ok(())
+        match job {
+            Job::Piece(piece) => {
+                if let Err(e) = half.piece(piece) {
+                    half.abandon();
+                    return Err(e);
+                }
             }
             Job::Finish(reply) => {
-                let _ = reply.send(sink.finish());
+                let _ = reply.send(half.finish());
                 return Ok(());
             }
-        };
-        if let Err(e) = result {
-            sink.abandon();
-            return Err(e);
         }
     }
-    sink.abandon();
+    half.abandon();
     Ok(())
-}
-
-/// Waits for the sink thread after a failure (it removes the partial backup); the error it
-/// stopped with, if any.
-async fn abandon(sink_thread: tokio::task::JoinHandle<Result<(), SinkError>>) -> Option<SinkError> {
-    match sink_thread.await {
-        Ok(Err(e)) => Some(e),
-        _ => None,
-    }
 }
 
 /// Waits until the store holds every WAL byte of `[start, stop)` durably; forces a segment
