@@ -86,10 +86,7 @@ impl SyncIo {
     }
 }
 
-/// The smallest and largest piece read from the socket at once. Each read offers about twice
-/// what the previous one brought, so a stream of small messages (synchronous commits) does not
-/// pay for large buffers and a busy one is read in large pieces.
-const MIN_READ: usize = 4 * 1024;
+/// The most read from the socket at once.
 const MAX_READ: usize = 256 * 1024;
 
 /// A CopyBoth stream in blocking mode. See the module documentation.
@@ -98,7 +95,9 @@ pub struct CopyStream {
     rbuf: BytesMut,
     wbuf: BytesMut,
     peer: String,
-    next_read: usize,
+    /// Where the socket is read into (then appended to `rbuf`): allocated and zeroed once,
+    /// so a read costs a copy of what arrived rather than clearing room for what might.
+    scratch: Vec<u8>,
 }
 
 impl CopyStream {
@@ -108,7 +107,7 @@ impl CopyStream {
             rbuf,
             wbuf: BytesMut::new(),
             peer,
-            next_read: MIN_READ,
+            scratch: vec![0; MAX_READ],
         }
     }
 
@@ -144,33 +143,22 @@ impl CopyStream {
     pub fn read_available(&mut self, limit: usize) -> Result<usize, Error> {
         let mut total = 0;
         while total < limit {
-            let len = self.rbuf.len();
-            let want = self.next_read.clamp(MIN_READ, MAX_READ);
-            self.rbuf.resize(len + want, 0);
-            let result = self.io.read(self.rbuf.get_mut(len..).unwrap_or_default());
-            let n = match result {
+            let n = match self.io.read(&mut self.scratch) {
                 Ok(0) => {
-                    self.rbuf.truncate(len);
                     return Err(self.io_error(io::Error::new(
                         io::ErrorKind::UnexpectedEof,
                         "server closed the connection",
                     )));
                 }
                 Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => 0,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    self.rbuf.truncate(len);
-                    break;
-                }
-                Err(source) => {
-                    self.rbuf.truncate(len);
-                    return Err(self.io_error(source));
-                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(source) => return Err(self.io_error(source)),
             };
-            self.rbuf.truncate(len + n);
-            self.next_read = n.saturating_mul(2);
+            self.rbuf
+                .extend_from_slice(self.scratch.get(..n).unwrap_or_default());
             total += n;
-            if n < want {
+            if n < MAX_READ {
                 // A short read: the socket is most likely empty now, and finding out costs a
                 // system call. Anything left is taken after the next wait.
                 break;
