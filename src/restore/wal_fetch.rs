@@ -69,12 +69,16 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, Write};
 use std::os::unix::fs::{DirBuilderExt, FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use sha2::{Digest, Sha256};
 
 use super::Source;
 use super::remote::{RemoteCluster, RemoteStore};
-use crate::store::{ClusterName, ClusterReader, StoreError, StoredSegment, WalArchive, durable};
+use crate::store::{
+    ClusterName, ClusterReader, StoreError, StoredSegment, WalArchive, ZstdFrame, durable,
+    zstd_frames,
+};
 use crate::wal::{
     LONG_HEADER_LEN, Lsn, PageError, PageExpectations, PageHeader, PageMagic, Problem, SegNo,
     TimelineHistory, TimelineId, VerifierConfig, WalFileName, WalVerifier, history_file_name,
@@ -440,6 +444,13 @@ impl WalFetcher {
         {
             return self.copy_plain(stored, out);
         }
+        if !stored.name.partial
+            && stored.name.compressed
+            && matches!(self.archive, Archive::Local(_))
+            && let Some(delivered) = self.copy_frames(stored, out)?
+        {
+            return Ok(Some(delivered));
+        }
         let seg_bytes = self.seg_bytes();
         let (tli, segno) = (stored.name.tli, stored.name.segno);
         let start = segno.start_lsn(self.reader().info().wal_segment_size);
@@ -520,6 +531,54 @@ impl WalFetcher {
         }))
     }
 
+    /// Decompresses a complete local `.zst` written as several frames (see
+    /// [`zstd_frames`](crate::store::zstd_frames)) on up to `available_parallelism` threads.
+    /// `Ok(None)` when the file is not such a file (one frame: older stores; frames without a
+    /// content size; not zstd at all): the caller then streams it, which also reports any
+    /// damage. Frames that do not add up to the segment size are a fault.
+    fn copy_frames(
+        &self,
+        stored: &StoredSegment,
+        out: &mut TempFile,
+    ) -> Result<Option<Delivered>, FetchError> {
+        let seg_bytes = self.seg_bytes();
+        let path = &stored.path;
+        let mut file = File::open(path).map_err(|e| FetchError::read(path, e))?;
+        // The first frame's header (at most 18 bytes) says whether the file has several.
+        let mut header = [0u8; 18];
+        let n = read_full(&mut file, &mut header).map_err(|e| FetchError::read(path, e))?;
+        match zstd::zstd_safe::get_frame_content_size(header.get(..n).unwrap_or_default()) {
+            Ok(Some(first)) if first < seg_bytes => {}
+            _ => return Ok(None),
+        }
+        let len = file
+            .metadata()
+            .map_err(|e| FetchError::read(path, e))?
+            .len();
+        // zstd never makes WAL much larger; a bigger file is streamed (and then refused).
+        if len > seg_bytes.saturating_mul(2) {
+            return Ok(None);
+        }
+        let mut bytes = Vec::with_capacity(usize::try_from(len).unwrap_or(0));
+        bytes.extend_from_slice(header.get(..n).unwrap_or_default());
+        file.read_to_end(&mut bytes)
+            .map_err(|e| FetchError::read(path, e))?;
+        let Some(frames) = zstd_frames(&bytes) else {
+            return Ok(None);
+        };
+        let total = frames.last().map_or(0, |f| f.offset + f.len);
+        if total != seg_bytes {
+            return Err(FetchError::WrongSize {
+                path: path.clone(),
+                size: total,
+                expected: seg_bytes,
+            });
+        }
+        let first = decompress_frames(&bytes, &frames, out, path)?;
+        self.check_first_page(&first, stored.name.tli, stored.name.segno, path)?;
+        Ok(Some(Delivered::Segment { compressed: true }))
+    }
+
     /// Copies a complete, uncompressed segment: size and first page header checked, then
     /// copied by the kernel (`copy_file_range`, through `io::copy`), never through our memory.
     fn copy_plain(
@@ -530,9 +589,6 @@ impl WalFetcher {
         let seg_bytes = self.seg_bytes();
         let path = &stored.path;
         let mut file = File::open(path).map_err(|e| FetchError::read(path, e))?;
-        // Start reading the whole segment now (a hint; an archive is often cold in the page
-        // cache): the kernel's readahead then runs while we check the header.
-        let _ = rustix::fs::fadvise(&file, 0, None, rustix::fs::Advice::WillNeed);
         let len = file
             .metadata()
             .map_err(|e| FetchError::read(path, e))?
@@ -720,6 +776,89 @@ fn valid_end(
     }
 }
 
+/// Decompresses `frames` of `file` (read from `path`) into `out`, each at its offset, on up
+/// to `available_parallelism` threads (the calling one among them); each thread holds one
+/// frame's content at a time. Returns the first page's header bytes (the start of the frame
+/// at offset 0). The first fault stops all threads.
+fn decompress_frames(
+    file: &[u8],
+    frames: &[ZstdFrame],
+    out: &TempFile,
+    path: &Path,
+) -> Result<Vec<u8>, FetchError> {
+    let next = AtomicUsize::new(0);
+    let failed = AtomicBool::new(false);
+    let damaged = |at: usize, what: String| {
+        FetchError::read(
+            path,
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("zstd frame at byte {at}: {what}"),
+            ),
+        )
+    };
+    let work = || -> Result<Option<Vec<u8>>, FetchError> {
+        let mut dctx = zstd::bulk::Decompressor::new().map_err(|e| FetchError::read(path, e))?;
+        let mut content = Vec::new();
+        let mut first = None;
+        while !failed.load(Ordering::Relaxed) {
+            let Some(frame) = frames.get(next.fetch_add(1, Ordering::Relaxed)) else {
+                break;
+            };
+            let step = (|| {
+                let input = file
+                    .get(frame.start..frame.end)
+                    .ok_or_else(|| damaged(frame.start, "beyond the end of the file".into()))?;
+                let len = usize::try_from(frame.len)
+                    .map_err(|_| damaged(frame.start, "too large".into()))?;
+                content.clear();
+                content.reserve(len);
+                let n = dctx
+                    .decompress_to_buffer(input, &mut content)
+                    .map_err(|e| damaged(frame.start, e.to_string()))?;
+                if n != len {
+                    return Err(damaged(
+                        frame.start,
+                        format!("{n} bytes, not the {len} its header declares"),
+                    ));
+                }
+                if frame.offset == 0 && len > 0 {
+                    first = Some(content.get(..LONG_HEADER_LEN).unwrap_or(&content).to_vec());
+                }
+                out.write_at(&content, frame.offset)
+            })();
+            if let Err(e) = step {
+                failed.store(true, Ordering::Relaxed);
+                return Err(e);
+            }
+        }
+        Ok(first)
+    };
+    let threads = std::thread::available_parallelism()
+        .map_or(1, std::num::NonZero::get)
+        .min(frames.len())
+        .max(1);
+    let results = std::thread::scope(|scope| {
+        let others: Vec<_> = (1..threads).map(|_| scope.spawn(work)).collect();
+        let mut results = vec![work()];
+        for handle in others {
+            results.push(
+                handle
+                    .join()
+                    .unwrap_or_else(|_| Err(damaged(0, "a decompression thread failed".into()))),
+            );
+        }
+        results
+    });
+    let mut first = None;
+    for result in results {
+        if let Some(bytes) = result? {
+            first = Some(bytes);
+        }
+    }
+    first.ok_or_else(|| damaged(0, "no frame starts the segment".into()))
+}
+
 /// Reads until `buf` is full or the stream ends; returns the bytes read.
 fn read_full(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
     let mut filled = 0;
@@ -771,6 +910,13 @@ impl TempFile {
     fn write(&mut self, bytes: &[u8]) -> Result<(), FetchError> {
         self.file
             .write_all(bytes)
+            .map_err(|e| FetchError::write(&self.path, e))
+    }
+
+    /// Writes `bytes` at `offset` (several threads may write disjoint ranges at once).
+    fn write_at(&self, bytes: &[u8], offset: u64) -> Result<(), FetchError> {
+        self.file
+            .write_all_at(bytes, offset)
             .map_err(|e| FetchError::write(&self.path, e))
     }
 
