@@ -38,8 +38,19 @@
 //! 27.8 ms and one of `pg_wal/` 2-4 ms per call, for nothing. A miss costs 1.1 ms (`cp` of
 //! an absent file 1.5 ms).
 //!
-//! A complete, uncompressed segment is copied by the kernel (`copy_file_range`) after its
-//! size and first page header are checked; other files stream through a 256 KiB buffer.
+//! A complete, uncompressed segment is copied by the kernel (`copy_file_range` or
+//! `sendfile`) after its size is checked, and its first page header checked after the copy
+//! (nothing is read before it: a small first read makes the kernel's readahead start small).
+//! A complete local `.zst` is read whole (one read) and, when it holds several frames (as
+//! the receiver writes it, see [`zstd_frames`](crate::store::zstd_frames)), its frames are
+//! decompressed on up to `available_parallelism` threads, each written at its offset in
+//! DEST's temporary file: the server waits for this call with its replay stopped, so the
+//! other cores are free. A one-frame `.zst` (older stores), a `.partial` and anything from a
+//! walden server stream through a 256 KiB buffer. The same code fills the prefetch spool.
+//!
+//! No read-ahead hint is given for the next segment: on this kernel `posix_fadvise(WILLNEED)`
+//! reads synchronously (up to `read_ahead_kb`) before it returns, so the hint costs the call
+//! about what it would save the next one (measured: it made cold calls slower).
 //!
 //! # From a walden server
 //! With `--from http(s)://...` ([`WalFetcher::open_source`]) the same rules hold over the
@@ -438,31 +449,36 @@ impl WalFetcher {
         stored: &StoredSegment,
         out: &mut TempFile,
     ) -> Result<Option<Delivered>, FetchError> {
-        if !stored.name.partial
-            && !stored.name.compressed
-            && matches!(self.archive, Archive::Local(_))
-        {
+        let local_complete = !stored.name.partial && matches!(self.archive, Archive::Local(_));
+        if local_complete && !stored.name.compressed {
             return self.copy_plain(stored, out);
         }
-        if !stored.name.partial
-            && stored.name.compressed
-            && matches!(self.archive, Archive::Local(_))
-            && let Some(delivered) = self.copy_frames(stored, out)?
-        {
-            return Ok(Some(delivered));
+        // zstd never makes WAL much larger: a bigger file is streamed from disk (and refused).
+        if local_complete && stored.size <= self.seg_bytes().saturating_mul(2) {
+            return self.copy_zstd(stored, out);
         }
+        let mut input = self.reader().open_segment(stored)?;
+        self.copy_stream(stored, &mut input, out)
+    }
+
+    /// Streams `input`, the (decompressed) bytes of `stored`, into `out`, checking the first
+    /// page header, the size, and for a `.partial` where its valid WAL ends.
+    fn copy_stream(
+        &self,
+        stored: &StoredSegment,
+        input: &mut dyn Read,
+        out: &mut TempFile,
+    ) -> Result<Option<Delivered>, FetchError> {
         let seg_bytes = self.seg_bytes();
         let (tli, segno) = (stored.name.tli, stored.name.segno);
         let start = segno.start_lsn(self.reader().info().wal_segment_size);
-        let mut input = self.reader().open_segment(stored)?;
         let mut buf = vec![0u8; CHUNK];
         let mut total: u64 = 0;
         let mut verifier: Option<WalVerifier> = None;
         let mut failure: Option<Problem> = None;
         let mut failed_at: Option<Lsn> = None;
         loop {
-            let n =
-                read_full(&mut input, &mut buf).map_err(|e| FetchError::read(&stored.path, e))?;
+            let n = read_full(input, &mut buf).map_err(|e| FetchError::read(&stored.path, e))?;
             let chunk = buf.get(..n).unwrap_or_default();
             if n == 0 {
                 break;
@@ -531,40 +547,27 @@ impl WalFetcher {
         }))
     }
 
-    /// Decompresses a complete local `.zst` written as several frames (see
-    /// [`zstd_frames`](crate::store::zstd_frames)) on up to `available_parallelism` threads.
-    /// `Ok(None)` when the file is not such a file (one frame: older stores; frames without a
-    /// content size; not zstd at all): the caller then streams it, which also reports any
-    /// damage. Frames that do not add up to the segment size are a fault.
-    fn copy_frames(
+    /// Decompresses a complete local `.zst`, read whole into memory (one read: a cold file
+    /// gets the kernel's full readahead). Several frames (see
+    /// [`zstd_frames`](crate::store::zstd_frames)) are decompressed in parallel, on up to
+    /// `available_parallelism` threads; anything else (one frame: older stores; frames
+    /// without a content size; damage) is streamed from those bytes as before. Frames that
+    /// do not add up to the segment size are a fault.
+    fn copy_zstd(
         &self,
         stored: &StoredSegment,
         out: &mut TempFile,
     ) -> Result<Option<Delivered>, FetchError> {
         let seg_bytes = self.seg_bytes();
         let path = &stored.path;
-        let mut file = File::open(path).map_err(|e| FetchError::read(path, e))?;
-        // The first frame's header (at most 18 bytes) says whether the file has several.
-        let mut header = [0u8; 18];
-        let n = read_full(&mut file, &mut header).map_err(|e| FetchError::read(path, e))?;
-        match zstd::zstd_safe::get_frame_content_size(header.get(..n).unwrap_or_default()) {
-            Ok(Some(first)) if first < seg_bytes => {}
-            _ => return Ok(None),
-        }
-        let len = file
-            .metadata()
-            .map_err(|e| FetchError::read(path, e))?
-            .len();
-        // zstd never makes WAL much larger; a bigger file is streamed (and then refused).
-        if len > seg_bytes.saturating_mul(2) {
-            return Ok(None);
-        }
-        let mut bytes = Vec::with_capacity(usize::try_from(len).unwrap_or(0));
-        bytes.extend_from_slice(header.get(..n).unwrap_or_default());
-        file.read_to_end(&mut bytes)
-            .map_err(|e| FetchError::read(path, e))?;
-        let Some(frames) = zstd_frames(&bytes) else {
-            return Ok(None);
+        let bytes = fs::read(path).map_err(|e| FetchError::read(path, e))?;
+        let frames = match zstd_frames(&bytes) {
+            Some(frames) if frames.len() > 1 => frames,
+            _ => {
+                let mut input = zstd::stream::read::Decoder::with_buffer(&bytes[..])
+                    .map_err(|e| FetchError::read(path, e))?;
+                return self.copy_stream(stored, &mut input, out);
+            }
         };
         let total = frames.last().map_or(0, |f| f.offset + f.len);
         if total != seg_bytes {
@@ -579,8 +582,11 @@ impl WalFetcher {
         Ok(Some(Delivered::Segment { compressed: true }))
     }
 
-    /// Copies a complete, uncompressed segment: size and first page header checked, then
-    /// copied by the kernel (`copy_file_range`, through `io::copy`), never through our memory.
+    /// Copies a complete, uncompressed segment: size checked, copied by the kernel
+    /// (`copy_file_range` or `sendfile`, through `io::copy`), never through our memory, then
+    /// the first page header checked (from the page cache by then). Nothing is read before
+    /// the copy: a small first read makes the kernel's readahead start small, which made a
+    /// cold copy a third slower here.
     fn copy_plain(
         &self,
         stored: &StoredSegment,
@@ -601,14 +607,14 @@ impl WalFetcher {
         if len != seg_bytes {
             return Err(wrong_size(len));
         }
-        let mut first = [0u8; LONG_HEADER_LEN];
-        file.read_exact_at(&mut first, 0)
-            .map_err(|e| FetchError::read(path, e))?;
-        self.check_first_page(&first, stored.name.tli, stored.name.segno, path)?;
         let copied = out.copy_from(&mut file, path)?;
         if copied != seg_bytes {
             return Err(wrong_size(copied));
         }
+        let mut first = [0u8; LONG_HEADER_LEN];
+        file.read_exact_at(&mut first, 0)
+            .map_err(|e| FetchError::read(path, e))?;
+        self.check_first_page(&first, stored.name.tli, stored.name.segno, path)?;
         Ok(Some(Delivered::Segment { compressed: false }))
     }
 
@@ -860,7 +866,7 @@ fn decompress_frames(
 }
 
 /// Reads until `buf` is full or the stream ends; returns the bytes read.
-fn read_full(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
+fn read_full(r: &mut (impl Read + ?Sized), buf: &mut [u8]) -> io::Result<usize> {
     let mut filled = 0;
     while let Some(rest) = buf.get_mut(filled..) {
         if rest.is_empty() {

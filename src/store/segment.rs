@@ -3,10 +3,12 @@
 //!
 //! # `.zst` format
 //! A compressed segment is a sequence of independent zstd frames, one per
-//! [`ZSTD_FRAME_INPUT`] bytes of the segment (8 for 16 MiB), each declaring its content size
-//! and carrying a checksum. The file is an ordinary `.zst` (`zstd -d` reads it); the frames
-//! let a reader decompress parts of one segment in parallel ([`zstd_frames`]). Older stores
-//! hold a single frame declaring the whole segment, which every reader still accepts.
+//! [`ZSTD_FRAME_INPUT`] (1 MiB) of the segment, 16 for 16 MiB, each declaring its content
+//! size and carrying a checksum. The file is an ordinary `.zst` (`zstd -d` reads it); the
+//! frames let a reader decompress parts of one segment in parallel ([`zstd_frames`]). On
+//! pgbench WAL, 1 MiB frames made files 1% larger than one frame and wal-fetch's parallel
+//! decompression faster than 2 or 4 MiB frames did (smaller buffers, better balance).
+//! Older stores hold a single frame declaring the whole segment; every reader accepts both.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufReader, BufWriter, Read, Write};
@@ -56,7 +58,7 @@ pub const DEFAULT_ZSTD_LEVEL: i32 = 3;
 const CHUNK: usize = 128 * 1024;
 
 /// Bytes of a segment compressed into one zstd frame of its `.zst` file.
-pub const ZSTD_FRAME_INPUT: usize = 2 * 1024 * 1024;
+pub const ZSTD_FRAME_INPUT: usize = 1024 * 1024;
 
 /// One frame of a `.zst` file held in memory: its bytes in the file and where its content
 /// goes in the segment.
