@@ -81,7 +81,13 @@ def cmd_conf(args):
     elif mode == "spool":
         if not command.endswith(" %f %p") or "--prefetch" not in command:
             sys.exit(f"conf: no wal-fetch --prefetch command to add --spool to: {command}")
-        new = command[: -len(" %f %p")] + f" --spool {shlex.quote(path)} %f %p"
+        # `walden-restore restore --prefetch` writes a --spool of its own (beside PGDATA):
+        # replace it; wal-fetch refuses the option twice.
+        words = shlex.split(command[: -len(" %f %p")])
+        if "--spool" in words:
+            at = words.index("--spool")
+            del words[at : at + 2]
+        new = shlex.join(words + ["--spool", path]) + " %f %p"
     else:
         sys.exit(f"conf: unknown mode {mode!r}")
     lines[i] = f"restore_command = {conf_quote(new)}"

@@ -82,6 +82,23 @@ fn exit_codes_and_output() {
     assert!(out.stdout.is_empty());
     let names: Vec<_> = fs::read_dir(dir.path().join("pg_wal")).unwrap().collect();
     assert_eq!(names.len(), 1, "no temporary file is left: {names:?}");
+
+    // A bad restore_command (an option twice, an unknown one, an argument missing) must stop
+    // recovery too: clap's usual exit code 2 would be "not found" to the server.
+    for extra in [
+        &["--spool", "/a", "--spool", "/b"][..],
+        &["--no-such-option"],
+        &["--cluster"],
+    ] {
+        let out = wal_fetch(&store, extra, "000000010000000000000008", &dest);
+        assert_eq!(out.status.code(), Some(255), "{extra:?}: {out:?}");
+    }
+    // Help is still help.
+    let out = Command::new(env!("CARGO_BIN_EXE_walden-restore"))
+        .args(["wal-fetch", "--help"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
 }
 
 #[test]

@@ -177,7 +177,11 @@ struct WalPrefetchArgs {
 }
 
 fn main() -> ExitCode {
-    match Cli::parse().command {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return usage_error(&e),
+    };
+    match cli.command {
         Command::Restore(args) => ExitCode::from(run_restore(*args)),
         Command::WalFetch(args) => ExitCode::from(wal_fetch(&args)),
         Command::WalPrefetch(args) => {
@@ -186,6 +190,22 @@ fn main() -> ExitCode {
             let _ = wal_prefetch(&args);
             ExitCode::SUCCESS
         }
+    }
+}
+
+/// Prints clap's message. A bad `wal-fetch` command line exits 255 like any other fault: it
+/// is the server's restore_command, and clap's usual 2 would tell the server "not found",
+/// ending recovery early instead of stopping it.
+fn usage_error(e: &clap::Error) -> ExitCode {
+    let _ = e.print();
+    if !e.use_stderr() {
+        // --help, --version.
+        return ExitCode::SUCCESS;
+    }
+    if std::env::args_os().nth(1).is_some_and(|a| a == "wal-fetch") {
+        ExitCode::from(exit::FETCH_FAULT)
+    } else {
+        ExitCode::from(exit::USAGE)
     }
 }
 

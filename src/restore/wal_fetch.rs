@@ -38,8 +38,19 @@
 //! 27.8 ms and one of `pg_wal/` 2-4 ms per call, for nothing. A miss costs 1.1 ms (`cp` of
 //! an absent file 1.5 ms).
 //!
-//! A complete, uncompressed segment is copied by the kernel (`copy_file_range`) after its
-//! size and first page header are checked; other files stream through a 256 KiB buffer.
+//! A complete, uncompressed segment is copied by the kernel (`copy_file_range` or
+//! `sendfile`) after its size is checked, and its first page header checked after the copy
+//! (nothing is read before it: a small first read makes the kernel's readahead start small).
+//! A complete local `.zst` is read whole (one read) and, when it holds several frames (as
+//! the receiver writes it, see [`zstd_frames`](crate::store::zstd_frames)), its frames are
+//! decompressed on up to `available_parallelism` threads, each written at its offset in
+//! DEST's temporary file: the server waits for this call with its replay stopped, so the
+//! other cores are free. A one-frame `.zst` (older stores), a `.partial` and anything from a
+//! walden server stream through a 256 KiB buffer. The same code fills the prefetch spool.
+//!
+//! No read-ahead hint is given for the next segment: on this kernel `posix_fadvise(WILLNEED)`
+//! reads synchronously (up to `read_ahead_kb`) before it returns, so the hint costs the call
+//! about what it would save the next one (measured: it made cold calls slower).
 //!
 //! # From a walden server
 //! With `--from http(s)://...` ([`WalFetcher::open_source`]) the same rules hold over the
@@ -69,12 +80,16 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, Write};
 use std::os::unix::fs::{DirBuilderExt, FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use sha2::{Digest, Sha256};
 
 use super::Source;
 use super::remote::{RemoteCluster, RemoteStore};
-use crate::store::{ClusterName, ClusterReader, StoreError, StoredSegment, WalArchive, durable};
+use crate::store::{
+    ClusterName, ClusterReader, StoreError, StoredSegment, WalArchive, ZstdFrame, durable,
+    zstd_frames,
+};
 use crate::wal::{
     LONG_HEADER_LEN, Lsn, PageError, PageExpectations, PageHeader, PageMagic, Problem, SegNo,
     TimelineHistory, TimelineId, VerifierConfig, WalFileName, WalVerifier, history_file_name,
@@ -434,24 +449,36 @@ impl WalFetcher {
         stored: &StoredSegment,
         out: &mut TempFile,
     ) -> Result<Option<Delivered>, FetchError> {
-        if !stored.name.partial
-            && !stored.name.compressed
-            && matches!(self.archive, Archive::Local(_))
-        {
+        let local_complete = !stored.name.partial && matches!(self.archive, Archive::Local(_));
+        if local_complete && !stored.name.compressed {
             return self.copy_plain(stored, out);
         }
+        // zstd never makes WAL much larger: a bigger file is streamed from disk (and refused).
+        if local_complete && stored.size <= self.seg_bytes().saturating_mul(2) {
+            return self.copy_zstd(stored, out);
+        }
+        let mut input = self.reader().open_segment(stored)?;
+        self.copy_stream(stored, &mut input, out)
+    }
+
+    /// Streams `input`, the (decompressed) bytes of `stored`, into `out`, checking the first
+    /// page header, the size, and for a `.partial` where its valid WAL ends.
+    fn copy_stream(
+        &self,
+        stored: &StoredSegment,
+        input: &mut dyn Read,
+        out: &mut TempFile,
+    ) -> Result<Option<Delivered>, FetchError> {
         let seg_bytes = self.seg_bytes();
         let (tli, segno) = (stored.name.tli, stored.name.segno);
         let start = segno.start_lsn(self.reader().info().wal_segment_size);
-        let mut input = self.reader().open_segment(stored)?;
         let mut buf = vec![0u8; CHUNK];
         let mut total: u64 = 0;
         let mut verifier: Option<WalVerifier> = None;
         let mut failure: Option<Problem> = None;
         let mut failed_at: Option<Lsn> = None;
         loop {
-            let n =
-                read_full(&mut input, &mut buf).map_err(|e| FetchError::read(&stored.path, e))?;
+            let n = read_full(input, &mut buf).map_err(|e| FetchError::read(&stored.path, e))?;
             let chunk = buf.get(..n).unwrap_or_default();
             if n == 0 {
                 break;
@@ -520,8 +547,46 @@ impl WalFetcher {
         }))
     }
 
-    /// Copies a complete, uncompressed segment: size and first page header checked, then
-    /// copied by the kernel (`copy_file_range`, through `io::copy`), never through our memory.
+    /// Decompresses a complete local `.zst`, read whole into memory (one read: a cold file
+    /// gets the kernel's full readahead). Several frames (see
+    /// [`zstd_frames`](crate::store::zstd_frames)) are decompressed in parallel, on up to
+    /// `available_parallelism` threads; anything else (one frame: older stores; frames
+    /// without a content size; damage) is streamed from those bytes as before. Frames that
+    /// do not add up to the segment size are a fault.
+    fn copy_zstd(
+        &self,
+        stored: &StoredSegment,
+        out: &mut TempFile,
+    ) -> Result<Option<Delivered>, FetchError> {
+        let seg_bytes = self.seg_bytes();
+        let path = &stored.path;
+        let bytes = fs::read(path).map_err(|e| FetchError::read(path, e))?;
+        let frames = match zstd_frames(&bytes) {
+            Some(frames) if frames.len() > 1 => frames,
+            _ => {
+                let mut input = zstd::stream::read::Decoder::with_buffer(&bytes[..])
+                    .map_err(|e| FetchError::read(path, e))?;
+                return self.copy_stream(stored, &mut input, out);
+            }
+        };
+        let total = frames.last().map_or(0, |f| f.offset + f.len);
+        if total != seg_bytes {
+            return Err(FetchError::WrongSize {
+                path: path.clone(),
+                size: total,
+                expected: seg_bytes,
+            });
+        }
+        let first = decompress_frames(&bytes, &frames, out, path)?;
+        self.check_first_page(&first, stored.name.tli, stored.name.segno, path)?;
+        Ok(Some(Delivered::Segment { compressed: true }))
+    }
+
+    /// Copies a complete, uncompressed segment: size checked, copied by the kernel
+    /// (`copy_file_range` or `sendfile`, through `io::copy`), never through our memory, then
+    /// the first page header checked (from the page cache by then). Nothing is read before
+    /// the copy: a small first read makes the kernel's readahead start small, which made a
+    /// cold copy a third slower here.
     fn copy_plain(
         &self,
         stored: &StoredSegment,
@@ -530,9 +595,6 @@ impl WalFetcher {
         let seg_bytes = self.seg_bytes();
         let path = &stored.path;
         let mut file = File::open(path).map_err(|e| FetchError::read(path, e))?;
-        // Start reading the whole segment now (a hint; an archive is often cold in the page
-        // cache): the kernel's readahead then runs while we check the header.
-        let _ = rustix::fs::fadvise(&file, 0, None, rustix::fs::Advice::WillNeed);
         let len = file
             .metadata()
             .map_err(|e| FetchError::read(path, e))?
@@ -545,14 +607,14 @@ impl WalFetcher {
         if len != seg_bytes {
             return Err(wrong_size(len));
         }
-        let mut first = [0u8; LONG_HEADER_LEN];
-        file.read_exact_at(&mut first, 0)
-            .map_err(|e| FetchError::read(path, e))?;
-        self.check_first_page(&first, stored.name.tli, stored.name.segno, path)?;
         let copied = out.copy_from(&mut file, path)?;
         if copied != seg_bytes {
             return Err(wrong_size(copied));
         }
+        let mut first = [0u8; LONG_HEADER_LEN];
+        file.read_exact_at(&mut first, 0)
+            .map_err(|e| FetchError::read(path, e))?;
+        self.check_first_page(&first, stored.name.tli, stored.name.segno, path)?;
         Ok(Some(Delivered::Segment { compressed: false }))
     }
 
@@ -720,8 +782,91 @@ fn valid_end(
     }
 }
 
+/// Decompresses `frames` of `file` (read from `path`) into `out`, each at its offset, on up
+/// to `available_parallelism` threads (the calling one among them); each thread holds one
+/// frame's content at a time. Returns the first page's header bytes (the start of the frame
+/// at offset 0). The first fault stops all threads.
+fn decompress_frames(
+    file: &[u8],
+    frames: &[ZstdFrame],
+    out: &TempFile,
+    path: &Path,
+) -> Result<Vec<u8>, FetchError> {
+    let next = AtomicUsize::new(0);
+    let failed = AtomicBool::new(false);
+    let damaged = |at: usize, what: String| {
+        FetchError::read(
+            path,
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("zstd frame at byte {at}: {what}"),
+            ),
+        )
+    };
+    let work = || -> Result<Option<Vec<u8>>, FetchError> {
+        let mut dctx = zstd::bulk::Decompressor::new().map_err(|e| FetchError::read(path, e))?;
+        let mut content = Vec::new();
+        let mut first = None;
+        while !failed.load(Ordering::Relaxed) {
+            let Some(frame) = frames.get(next.fetch_add(1, Ordering::Relaxed)) else {
+                break;
+            };
+            let step = (|| {
+                let input = file
+                    .get(frame.start..frame.end)
+                    .ok_or_else(|| damaged(frame.start, "beyond the end of the file".into()))?;
+                let len = usize::try_from(frame.len)
+                    .map_err(|_| damaged(frame.start, "too large".into()))?;
+                content.clear();
+                content.reserve(len);
+                let n = dctx
+                    .decompress_to_buffer(input, &mut content)
+                    .map_err(|e| damaged(frame.start, e.to_string()))?;
+                if n != len {
+                    return Err(damaged(
+                        frame.start,
+                        format!("{n} bytes, not the {len} its header declares"),
+                    ));
+                }
+                if frame.offset == 0 && len > 0 {
+                    first = Some(content.get(..LONG_HEADER_LEN).unwrap_or(&content).to_vec());
+                }
+                out.write_at(&content, frame.offset)
+            })();
+            if let Err(e) = step {
+                failed.store(true, Ordering::Relaxed);
+                return Err(e);
+            }
+        }
+        Ok(first)
+    };
+    let threads = std::thread::available_parallelism()
+        .map_or(1, std::num::NonZero::get)
+        .min(frames.len())
+        .max(1);
+    let results = std::thread::scope(|scope| {
+        let others: Vec<_> = (1..threads).map(|_| scope.spawn(work)).collect();
+        let mut results = vec![work()];
+        for handle in others {
+            results.push(
+                handle
+                    .join()
+                    .unwrap_or_else(|_| Err(damaged(0, "a decompression thread failed".into()))),
+            );
+        }
+        results
+    });
+    let mut first = None;
+    for result in results {
+        if let Some(bytes) = result? {
+            first = Some(bytes);
+        }
+    }
+    first.ok_or_else(|| damaged(0, "no frame starts the segment".into()))
+}
+
 /// Reads until `buf` is full or the stream ends; returns the bytes read.
-fn read_full(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
+fn read_full(r: &mut (impl Read + ?Sized), buf: &mut [u8]) -> io::Result<usize> {
     let mut filled = 0;
     while let Some(rest) = buf.get_mut(filled..) {
         if rest.is_empty() {
@@ -771,6 +916,13 @@ impl TempFile {
     fn write(&mut self, bytes: &[u8]) -> Result<(), FetchError> {
         self.file
             .write_all(bytes)
+            .map_err(|e| FetchError::write(&self.path, e))
+    }
+
+    /// Writes `bytes` at `offset` (several threads may write disjoint ranges at once).
+    fn write_at(&self, bytes: &[u8], offset: u64) -> Result<(), FetchError> {
+        self.file
+            .write_all_at(bytes, offset)
             .map_err(|e| FetchError::write(&self.path, e))
     }
 

@@ -76,7 +76,9 @@ pub use retention::{
     BackupEntry, KeepReason, Plan, PruneReport, RetentionError, RetentionPolicy, WalDeleted,
     plan_retention, prune,
 };
-pub use segment::{Compression, SegmentWriter};
+#[cfg(test)]
+pub(crate) use segment::write_frames;
+pub use segment::{Compression, SegmentWriter, ZSTD_FRAME_INPUT, ZstdFrame, zstd_frames};
 pub use writer::{ClusterWriter, bind_cluster};
 
 /// Bytes available to unprivileged users on the filesystem holding `path` (`statvfs`).

@@ -360,6 +360,33 @@ fn streaming_start_checks_a_compressed_newest_segment() {
 }
 
 #[test]
+fn a_compressed_segment_is_frames_of_one_mib() {
+    let root = tempfile::tempdir().unwrap();
+    let mut w = open(root.path(), 4);
+    let mut seg = w.open_segment(TimelineId(1), SegNo(3)).unwrap();
+    let data = write_whole(&mut seg, 4 * MB, 3);
+    let zst = seg.finish(Compression::Zstd(3)).unwrap();
+    let file = fs::read(&zst).unwrap();
+    let frames = crate::store::zstd_frames(&file).unwrap();
+    let parts: Vec<(u64, u64)> = frames.iter().map(|f| (f.offset, f.len)).collect();
+    assert_eq!(parts, [(0, MB), (MB, MB), (2 * MB, MB), (3 * MB, MB)]);
+    assert!(zstd::stream::decode_all(&file[..]).unwrap() == data);
+    // The receiver resumes after it; a frame cut off at the end makes it corrupt.
+    assert_eq!(start(&w), Some((TimelineId(1), Lsn(4 * 4 * MB))));
+    fs::write(&zst, &file[..file.len() - 10]).unwrap();
+    let err = w.streaming_start().unwrap_err();
+    assert!(matches!(err, StoreError::Corrupt { .. }), "{err}");
+    // Whole frames that do not make a segment, too.
+    let first = &frames[0];
+    fs::write(&zst, &file[first.start..first.end]).unwrap();
+    let err = w.streaming_start().unwrap_err();
+    assert!(
+        err.to_string().contains("decompresses to 1048576 bytes"),
+        "{err}"
+    );
+}
+
+#[test]
 fn segments_write_sync_and_finish_plain_and_compressed() {
     let root = tempfile::tempdir().unwrap();
     let mut w = open(root.path(), 1);

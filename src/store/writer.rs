@@ -333,24 +333,20 @@ fn remove_temp_files(paths: &ClusterPaths) -> Result<()> {
     Ok(())
 }
 
-/// Checks that a complete `.zst` segment's frame header declares a whole segment.
+/// Checks that a complete `.zst` segment's frame headers declare a whole segment (one frame,
+/// or several: see [`zstd_frames`](super::segment::zstd_frames)).
 fn check_compressed_size(segment: &StoredSegment, expected: u64) -> Result<()> {
     let path = &segment.path;
-    let file = File::open(path).map_err(|e| StoreError::io("open", path, e))?;
-    // A zstd frame header is at most 18 bytes.
-    let mut header = Vec::with_capacity(18);
-    file.take(18)
-        .read_to_end(&mut header)
-        .map_err(|e| StoreError::io("read", path, e))?;
-    match zstd::zstd_safe::get_frame_content_size(&header) {
-        Ok(Some(n)) if n == expected => Ok(()),
-        Ok(Some(n)) => Err(StoreError::Corrupt {
+    let bytes = fs::read(path).map_err(|e| StoreError::io("read", path, e))?;
+    let frames = super::segment::zstd_frames(&bytes).ok_or_else(|| StoreError::Corrupt {
+        path: path.clone(),
+        reason: "is not whole zstd frames that each declare their content size".to_string(),
+    })?;
+    match frames.last().map_or(0, |f| f.offset + f.len) {
+        n if n == expected => Ok(()),
+        n => Err(StoreError::Corrupt {
             path: path.clone(),
             reason: format!("decompresses to {n} bytes, not a whole segment of {expected}"),
-        }),
-        _ => Err(StoreError::Corrupt {
-            path: path.clone(),
-            reason: "has no valid zstd frame header with a content size".to_string(),
         }),
     }
 }

@@ -15,6 +15,13 @@ fn fixture(name: &str) -> Vec<u8> {
     .unwrap()
 }
 
+/// `bytes` compressed as the receiver does, in frames of `frame` bytes.
+fn frames(bytes: &[u8], frame: usize) -> Vec<u8> {
+    let mut out = Vec::new();
+    crate::store::write_frames(&mut &bytes[..], &mut out, 3, frame).unwrap();
+    out
+}
+
 /// A store with cluster `main` for the pg15 fixtures, and a pg_wal-like destination.
 struct Setup {
     dir: tempfile::TempDir,
@@ -61,8 +68,15 @@ impl Setup {
         path
     }
 
+    /// As older stores hold it: one frame.
     fn put_zst(&self, name: &str, bytes: &[u8]) -> PathBuf {
         self.put(name, ".zst", &zstd::encode_all(bytes, 3).unwrap())
+    }
+
+    /// As the receiver writes it: frames of `frame` bytes (a quarter of a fixture segment
+    /// makes four).
+    fn put_zst_frames(&self, name: &str, bytes: &[u8], frame: usize) -> PathBuf {
+        self.put(name, ".zst", &frames(bytes, frame))
     }
 
     fn fetcher(&self) -> WalFetcher {
@@ -139,6 +153,85 @@ fn delivers_a_plain_and_a_compressed_segment_whole_and_atomically() {
     );
     assert!(fs::read(s.dest()).unwrap() == seg9);
     assert_eq!(s.pg_wal(), ["RECOVERYXLOG"]);
+}
+
+#[test]
+fn a_segment_of_several_frames_is_decompressed_in_parallel_whole() {
+    let s = Setup::new();
+    let seg9 = fixture("000000010000000000000009");
+    let path = s.put_zst_frames("000000010000000000000009", &seg9, 256 * 1024);
+    assert_eq!(
+        crate::store::zstd_frames(&fs::read(&path).unwrap())
+            .unwrap()
+            .len(),
+        4
+    );
+    fs::write(s.dest(), b"stale").unwrap();
+    assert_eq!(
+        s.fetch("000000010000000000000009").unwrap(),
+        Some(Delivered::Segment { compressed: true })
+    );
+    assert!(fs::read(s.dest()).unwrap() == seg9);
+    assert_eq!(s.pg_wal(), ["RECOVERYXLOG"], "no temporary file is left");
+
+    // Uneven frames (the last one short) work the same.
+    let seg7 = fixture("000000010000000000000007");
+    s.put_zst_frames("000000010000000000000007", &seg7, 300_000);
+    assert!(s.fetch("000000010000000000000007").unwrap().is_some());
+    assert!(fs::read(s.dest()).unwrap() == seg7);
+
+    // The prefetch spool is filled by the same code.
+    let spool = Spool::open(&s.dir.path().join("spool")).unwrap();
+    s.put_zst_frames(
+        "000000010000000000000008",
+        &fixture("000000010000000000000008"),
+        1 << 18,
+    );
+    assert_eq!(
+        s.fetcher()
+            .fill_spool(&spool, TimelineId(1), SegNo(7), 2)
+            .unwrap(),
+        2
+    );
+    assert!(
+        fs::read(spool.dir().join("000000010000000000000009")).unwrap() == seg9,
+        "spooled from frames"
+    );
+}
+
+#[test]
+fn a_damaged_frame_is_a_fault_and_leaves_nothing() {
+    let s = Setup::new();
+    let seg9 = fixture("000000010000000000000009");
+    let good = frames(&seg9, 256 * 1024);
+    let table = crate::store::zstd_frames(&good).unwrap();
+
+    // A flipped byte inside the third frame: its checksum or block fails.
+    let mut bad = good.clone();
+    let third = &table[2];
+    bad[(third.start + third.end) / 2] ^= 0xFF;
+    s.put("000000010000000000000009", ".zst", &bad);
+    let err = s.fetch("000000010000000000000009").unwrap_err();
+    assert!(matches!(err, FetchError::Read { .. }), "{err}");
+    assert!(err.to_string().contains("zstd frame at byte"), "{err}");
+    assert!(s.pg_wal().is_empty(), "{:?}", s.pg_wal());
+
+    // The last frame missing: whole frames, but not a whole segment.
+    let last = table.last().unwrap();
+    s.put("000000010000000000000009", ".zst", &good[..last.start]);
+    let err = s.fetch("000000010000000000000009").unwrap_err();
+    assert!(
+        matches!(err, FetchError::WrongSize { size, .. } if size == 3 * 256 * 1024),
+        "{err}"
+    );
+    // The last frame cut short: streamed, and still a fault.
+    s.put("000000010000000000000009", ".zst", &good[..good.len() - 3]);
+    assert!(s.fetch("000000010000000000000009").is_err());
+    // Another segment's frames under this name: the first page header says so.
+    s.put("000000010000000000000008", ".zst", &good);
+    let err = s.fetch("000000010000000000000008").unwrap_err();
+    assert!(matches!(err, FetchError::BadHeader { .. }), "{err}");
+    assert!(s.pg_wal().is_empty(), "{:?}", s.pg_wal());
 }
 
 #[test]
