@@ -137,8 +137,8 @@ impl CopyStream {
         self.rbuf.len() as u64 > u64::from(len)
     }
 
-    /// Reads what the socket holds now, without waiting, until a read comes back short or
-    /// `limit` bytes were read. Returns how many bytes were read; the end of the connection is
+    /// Reads what the socket holds now, without waiting, until a read comes back short (TLS:
+    /// until the socket is empty) or `limit` bytes were read. Returns how many bytes were read; the end of the connection is
     /// an error.
     pub fn read_available(&mut self, limit: usize) -> Result<usize, Error> {
         let mut total = 0;
@@ -158,9 +158,11 @@ impl CopyStream {
             self.rbuf
                 .extend_from_slice(self.scratch.get(..n).unwrap_or_default());
             total += n;
-            if n < MAX_READ {
+            if n < MAX_READ && !matches!(self.io, SyncIo::Tls(_)) {
                 // A short read: the socket is most likely empty now, and finding out costs a
-                // system call. Anything left is taken after the next wait.
+                // system call; anything left is taken after the next wait. Not with TLS: a
+                // short read there is one record, and records already taken from the socket
+                // into the TLS layer would not wake the next wait.
                 break;
             }
         }
