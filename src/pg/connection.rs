@@ -273,20 +273,7 @@ impl Connection {
 
     /// Handles notices and parameter changes; gives back every other frame.
     fn filter(&mut self, frame: Frame) -> Option<Frame> {
-        match frame {
-            Frame::Message(Message::NoticeResponse(body)) => {
-                let notice = ServerError::from_fields(body.fields());
-                tracing::info!(peer = %self.peer, "{}: {}", notice.severity, notice.message);
-                None
-            }
-            Frame::Message(Message::ParameterStatus(body)) => {
-                if let (Ok(name), Ok(value)) = (body.name(), body.value()) {
-                    self.parameters.insert(name.to_string(), value.to_string());
-                }
-                None
-            }
-            other => Some(other),
-        }
+        filter_frame(frame, &self.peer, Some(&mut self.parameters))
     }
 
     async fn recv_raw(&mut self) -> Result<Frame, Error> {
@@ -827,6 +814,30 @@ impl Connection {
             return None;
         };
         tls::channel_binding_hash(tls::server_certificate(tls)?)
+    }
+}
+
+/// Logs a notice and records a parameter change (in `parameters`, when kept): both may come
+/// at any time, even in COPY. Gives back every other frame.
+pub(super) fn filter_frame(
+    frame: Frame,
+    peer: &str,
+    parameters: Option<&mut HashMap<String, String>>,
+) -> Option<Frame> {
+    match frame {
+        Frame::Message(Message::NoticeResponse(body)) => {
+            let notice = ServerError::from_fields(body.fields());
+            tracing::info!(peer = %peer, "{}: {}", notice.severity, notice.message);
+            None
+        }
+        Frame::Message(Message::ParameterStatus(body)) => {
+            if let (Some(parameters), Ok(name), Ok(value)) = (parameters, body.name(), body.value())
+            {
+                parameters.insert(name.to_string(), value.to_string());
+            }
+            None
+        }
+        other => Some(other),
     }
 }
 

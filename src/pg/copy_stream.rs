@@ -18,6 +18,7 @@ use postgres_protocol::message::backend::Message;
 use postgres_protocol::message::frontend;
 use rustix::event::{PollFd, PollFlags, Timespec};
 
+use super::connection::filter_frame;
 use super::error::{Error, ServerError};
 use super::frame::{self, Frame};
 use super::stream::{CopyEnd, ServerMessage, StatusUpdate, StreamEvent};
@@ -244,14 +245,11 @@ impl CopyStream {
                 peer: self.peer.clone(),
                 source,
             })?;
-            match decoded {
-                None => return Ok(None),
-                Some(Frame::Message(Message::NoticeResponse(body))) => {
-                    let notice = ServerError::from_fields(body.fields());
-                    tracing::info!(peer = %self.peer, "{}: {}", notice.severity, notice.message);
-                }
-                Some(Frame::Message(Message::ParameterStatus(_))) => {}
-                Some(frame) => return Ok(Some(frame)),
+            let Some(frame) = decoded else {
+                return Ok(None);
+            };
+            if let Some(frame) = filter_frame(frame, &self.peer, None) {
+                return Ok(Some(frame));
             }
         }
     }

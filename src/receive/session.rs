@@ -132,9 +132,7 @@ impl<'a> Receiver<'a> {
     }
 
     fn writer(&mut self) -> Result<&mut Writer, ReceiveError> {
-        self.writer.as_mut().ok_or_else(|| {
-            ReceiveError::Internal("the WAL writer was lost with the streaming thread".into())
-        })
+        self.writer.as_mut().ok_or_else(lost_writer)
     }
 
     async fn stream_timelines(
@@ -222,9 +220,7 @@ impl<'a> Receiver<'a> {
         streamed: &mut bool,
     ) -> Result<Copy, ReceiveError> {
         let mut stream = conn.into_copy_stream()?;
-        let mut writer = self.writer.take().ok_or_else(|| {
-            ReceiveError::Internal("the WAL writer was lost with the streaming thread".into())
-        })?;
+        let mut writer = self.writer.take().ok_or_else(lost_writer)?;
         let settings = streaming::Settings {
             synchronous: self.options.synchronous,
             status_interval: self.options.status_interval,
@@ -426,6 +422,10 @@ impl<'a> Receiver<'a> {
         self.conn = Some(conn);
         Ok(Ended::Reconnect { streamed: true })
     }
+}
+
+fn lost_writer() -> ReceiveError {
+    ReceiveError::Internal("the WAL writer was lost with the streaming thread".into())
 }
 
 fn missing_slot(slot: &pg::SlotName, peer: &str) -> ReceiveError {

@@ -150,8 +150,7 @@ impl Writer {
                 .segment
                 .insert(store.open_segment(stream.tli, first.segno(seg_size))?),
         };
-        let pieces: Vec<&[u8]> = stream.queued.iter().map(|b| &b[..]).collect();
-        segment.write(first.segment_offset(seg_size), &pieces)?;
+        segment.write(first.segment_offset(seg_size), &stream.queued)?;
         stream.queued.clear();
         Ok(())
     }

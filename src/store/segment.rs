@@ -200,7 +200,7 @@ impl SegmentWriter {
     /// Writes `pieces`, one after the other, at `offset`, which must be the current position;
     /// they must end within the segment (the caller splits writes at segment boundaries).
     /// Several pieces go to the kernel in one system call (`pwritev`).
-    pub fn write(&mut self, offset: u32, pieces: &[&[u8]]) -> Result<()> {
+    pub fn write<B: AsRef<[u8]>>(&mut self, offset: u32, pieces: &[B]) -> Result<()> {
         if offset != self.position {
             return Err(StoreError::OutOfOrder {
                 path: self.partial.clone(),
@@ -208,7 +208,7 @@ impl SegmentWriter {
                 got: offset,
             });
         }
-        let len: usize = pieces.iter().map(|p| p.len()).sum();
+        let len: usize = pieces.iter().map(|p| p.as_ref().len()).sum();
         let end = u64::from(offset) + len as u64;
         if end > self.size.bytes() {
             return Err(StoreError::PastSegmentEnd {
@@ -218,7 +218,8 @@ impl SegmentWriter {
                 size: self.size.bytes(),
             });
         }
-        let mut slices: Vec<IoSlice<'_>> = pieces.iter().map(|p| IoSlice::new(p)).collect();
+        let mut slices: Vec<IoSlice<'_>> =
+            pieces.iter().map(|p| IoSlice::new(p.as_ref())).collect();
         let mut rest = &mut slices[..];
         let mut at = u64::from(offset);
         while !rest.is_empty() {
