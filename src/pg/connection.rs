@@ -343,7 +343,7 @@ impl Connection {
                 SyncIo::Tls(Box::new(rustls::StreamOwned::new(session, tcp)))
             }
         };
-        Ok(CopyStream::new(io, self.rbuf, peer))
+        CopyStream::new(io, self.rbuf, peer)
     }
 
     /// A protocol violation error naming this peer.

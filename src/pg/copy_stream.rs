@@ -4,10 +4,12 @@
 //!
 //! [`Connection::into_copy_stream`](super::Connection::into_copy_stream) takes the socket out
 //! of the async runtime once `START_REPLICATION` entered CopyBoth. From then on nothing wakes
-//! the process unless the caller waits ([`CopyStream::wait`]): a caller that waits only when
-//! it is ready for more lets the kernel gather what the server sends meanwhile, and reads it
-//! all with one call ([`CopyStream::read_available`]). The stream ends with the connection:
-//! after the end of a timeline or [`CopyStream::stop`], open a new one.
+//! the process unless the caller reads ([`CopyStream::read`]): a caller that reads only when
+//! it is ready for more lets the kernel gather what the server sends meanwhile, and takes it
+//! all at once. Waiting for the server is a blocking read where the socket allows it (plain
+//! TCP and Unix sockets, with a receive timeout), so a synchronous commit costs one system
+//! call to receive rather than a poll and a read. The stream ends with the connection: after
+//! the end of a timeline or [`CopyStream::stop`], open a new one.
 
 use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, BorrowedFd};
@@ -23,7 +25,8 @@ use super::error::{Error, ServerError};
 use super::frame::{self, Frame};
 use super::stream::{CopyEnd, ServerMessage, StatusUpdate, StreamEvent};
 
-/// The socket under a [`CopyStream`], non-blocking.
+/// The socket under a [`CopyStream`]: plain sockets block (with timeouts, see
+/// [`SyncIo::prepare`]), TLS does not.
 pub(super) enum SyncIo {
     Tcp(std::net::TcpStream),
     Unix(std::os::unix::net::UnixStream),
@@ -47,10 +50,39 @@ impl SyncIo {
         }
     }
 
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+    /// Makes a plain socket blocking, waiting at most [`WAIT_SLICE`] for something to read
+    /// and [`SEND_TIMEOUT`] for room to send. A TLS socket stays non-blocking: decrypted
+    /// records can wait inside rustls, so it is polled.
+    fn prepare(&self) -> io::Result<()> {
         match self {
-            SyncIo::Tcp(s) => s.read(buf),
-            SyncIo::Unix(s) => s.read(buf),
+            SyncIo::Tcp(s) => {
+                s.set_nonblocking(false)?;
+                s.set_read_timeout(Some(WAIT_SLICE))?;
+                s.set_write_timeout(Some(SEND_TIMEOUT))
+            }
+            SyncIo::Unix(s) => {
+                s.set_nonblocking(false)?;
+                s.set_read_timeout(Some(WAIT_SLICE))?;
+                s.set_write_timeout(Some(SEND_TIMEOUT))
+            }
+            SyncIo::Tls(_) => Ok(()),
+        }
+    }
+
+    /// Whether a read waits (up to [`WAIT_SLICE`]) for something to arrive.
+    fn blocks(&self) -> bool {
+        !matches!(self, SyncIo::Tls(_))
+    }
+
+    /// Reads into `buf`; with `wait`, a plain socket waits up to [`WAIT_SLICE`] for
+    /// something to arrive, otherwise nothing waits (`WouldBlock` when there is nothing).
+    fn read(&mut self, buf: &mut [u8], wait: bool) -> io::Result<usize> {
+        let flags = rustix::net::RecvFlags::DONTWAIT;
+        match self {
+            SyncIo::Tcp(s) if wait => s.read(buf),
+            SyncIo::Unix(s) if wait => s.read(buf),
+            SyncIo::Tcp(s) => Ok(rustix::net::recv(&*s, buf, flags)?.0),
+            SyncIo::Unix(s) => Ok(rustix::net::recv(&*s, buf, flags)?.0),
             SyncIo::Tls(s) => s.read(buf),
         }
     }
@@ -102,14 +134,19 @@ pub struct CopyStream {
 }
 
 impl CopyStream {
-    pub(super) fn new(io: SyncIo, rbuf: BytesMut, peer: String) -> CopyStream {
-        CopyStream {
+    pub(super) fn new(io: SyncIo, rbuf: BytesMut, peer: String) -> Result<CopyStream, Error> {
+        let stream = CopyStream {
             io,
             rbuf,
             wbuf: BytesMut::new(),
             peer,
             scratch: vec![0; MAX_READ],
-        }
+        };
+        stream
+            .io
+            .prepare()
+            .map_err(|source| stream.io_error(source))?;
+        Ok(stream)
     }
 
     /// Where this stream comes from, for messages.
@@ -117,15 +154,29 @@ impl CopyStream {
         &self.peer
     }
 
-    /// Waits up to `timeout` for the server to send something; true when there is something
-    /// to read (or already read and not yet taken).
-    pub fn wait(&mut self, timeout: Duration) -> Result<bool, Error> {
+    /// Waits up to `timeout` for the server to send something and reads what the socket
+    /// holds, up to about `limit` bytes (see [`read_available`](Self::read_available)). True
+    /// when there is something to take with [`next_event`](Self::next_event) (maybe only
+    /// part of a message); false when nothing came in time. The end of the connection is an
+    /// error.
+    pub fn read(&mut self, timeout: Duration, limit: usize) -> Result<bool, Error> {
         if self.has_whole_message() || self.io.has_plaintext() {
+            self.read_available(limit, false)?;
             return Ok(true);
         }
-        self.io
-            .poll(PollFlags::IN, timeout)
-            .map_err(|source| self.io_error(source))
+        // A blocking read waits WAIT_SLICE at most: exactly right for a longer wait, which
+        // the caller's loop resumes; a shorter one is a poll.
+        let block = self.io.blocks() && timeout >= WAIT_SLICE;
+        if !block {
+            let readable = self
+                .io
+                .poll(PollFlags::IN, timeout)
+                .map_err(|source| self.io_error(source))?;
+            if !readable {
+                return Ok(false);
+            }
+        }
+        Ok(self.read_available(limit, block)? > 0)
     }
 
     /// A whole message waits in the read buffer (type byte, then a length that counts
@@ -138,13 +189,14 @@ impl CopyStream {
         self.rbuf.len() as u64 > u64::from(len)
     }
 
-    /// Reads what the socket holds now, without waiting, until a read comes back short (TLS:
-    /// until the socket is empty) or `limit` bytes were read. Returns how many bytes were read; the end of the connection is
-    /// an error.
-    pub fn read_available(&mut self, limit: usize) -> Result<usize, Error> {
+    /// Reads what the socket holds, until a read comes back short (TLS: until the socket is
+    /// empty) or `limit` bytes were read; with `wait`, the first read waits for something
+    /// to arrive (up to [`WAIT_SLICE`]). Returns how many bytes were read; the end of the
+    /// connection is an error.
+    fn read_available(&mut self, limit: usize, mut wait: bool) -> Result<usize, Error> {
         let mut total = 0;
         while total < limit {
-            let n = match self.io.read(&mut self.scratch) {
+            let n = match self.io.read(&mut self.scratch, wait) {
                 Ok(0) => {
                     return Err(self.io_error(io::Error::new(
                         io::ErrorKind::UnexpectedEof,
@@ -153,17 +205,25 @@ impl CopyStream {
                 }
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    break;
+                }
                 Err(source) => return Err(self.io_error(source)),
             };
+            wait = false;
             self.rbuf
                 .extend_from_slice(self.scratch.get(..n).unwrap_or_default());
             total += n;
             if n < MAX_READ && !matches!(self.io, SyncIo::Tls(_)) {
                 // A short read: the socket is most likely empty now, and finding out costs a
-                // system call; anything left is taken after the next wait. Not with TLS: a
+                // system call; anything left is taken by the next read. Not with TLS: a
                 // short read there is one record, and records already taken from the socket
-                // into the TLS layer would not wake the next wait.
+                // into the TLS layer would not wake the next poll.
                 break;
             }
         }
@@ -226,9 +286,7 @@ impl CopyStream {
                     "no answer to the end of streaming",
                 )));
             }
-            if self.wait(left)? {
-                self.read_available(MAX_READ)?;
-            }
+            self.read(left, MAX_READ)?;
         }
     }
 
@@ -304,6 +362,8 @@ impl CopyStream {
 const END_TIMEOUT: Duration = Duration::from_secs(30);
 /// The longest wait for room in the socket to send a message.
 const SEND_TIMEOUT: Duration = Duration::from_secs(30);
+/// The longest one blocking read waits for the server.
+const WAIT_SLICE: Duration = Duration::from_millis(100);
 
 #[cfg(test)]
 mod tests {
@@ -328,7 +388,8 @@ mod tests {
     fn pair(buffered: &[u8]) -> (CopyStream, std::os::unix::net::UnixStream) {
         let (ours, theirs) = std::os::unix::net::UnixStream::pair().unwrap();
         ours.set_nonblocking(true).unwrap();
-        let stream = CopyStream::new(SyncIo::Unix(ours), BytesMut::from(buffered), "test".into());
+        let stream =
+            CopyStream::new(SyncIo::Unix(ours), BytesMut::from(buffered), "test".into()).unwrap();
         (stream, theirs)
     }
 
@@ -342,13 +403,17 @@ mod tests {
     #[test]
     fn a_message_read_before_the_takeover_is_seen_without_waiting() {
         let (mut stream, _server) = pair(&xlogdata(0x1000, b"abc"));
-        assert!(stream.wait(Duration::from_secs(5)).unwrap());
+        assert!(stream.read(Duration::from_secs(5), MAX_READ).unwrap());
         assert_eq!(
             wal(stream.next_event().unwrap()),
             (Lsn(0x1000), b"abc".to_vec())
         );
         assert!(stream.next_event().unwrap().is_none());
-        assert!(!stream.wait(Duration::from_millis(10)).unwrap());
+        // Nothing more: a short wait polls, a long one blocks for one slice; both give up.
+        assert!(!stream.read(Duration::from_millis(10), MAX_READ).unwrap());
+        let started = Instant::now();
+        assert!(!stream.read(Duration::from_secs(60), MAX_READ).unwrap());
+        assert!(started.elapsed() >= WAIT_SLICE && started.elapsed() < Duration::from_secs(10));
     }
 
     #[test]
@@ -360,12 +425,11 @@ mod tests {
         // Only part of the first message: nothing to take yet.
         assert!(stream.next_event().unwrap().is_none());
         server.write_all(&first[3..]).unwrap();
-        assert!(stream.wait(Duration::from_secs(5)).unwrap());
-        stream.read_available(MAX_READ).unwrap();
+        assert!(stream.read(Duration::from_secs(5), MAX_READ).unwrap());
         assert!(stream.next_event().unwrap().is_none());
         server.write_all(rest).unwrap();
-        assert!(stream.wait(Duration::from_secs(5)).unwrap());
-        stream.read_available(MAX_READ).unwrap();
+        // A blocking read (the wait is longer than a slice) gets it.
+        assert!(stream.read(Duration::from_secs(5), MAX_READ).unwrap());
         assert_eq!(
             wal(stream.next_event().unwrap()),
             (Lsn(0x2000), vec![7u8; 100_000])
@@ -380,8 +444,7 @@ mod tests {
     fn the_end_of_the_connection_is_an_error() {
         let (mut stream, server) = pair(&[]);
         drop(server);
-        assert!(stream.wait(Duration::from_secs(5)).unwrap());
-        let err = stream.read_available(MAX_READ).unwrap_err();
+        let err = stream.read(Duration::from_secs(5), MAX_READ).unwrap_err();
         assert!(
             err.to_string().contains("server closed the connection"),
             "{err}"

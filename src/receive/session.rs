@@ -70,7 +70,7 @@ impl<'a> Receiver<'a> {
             wal_segment_size,
         };
         let mut store = ClusterWriter::open(&options.store, &options.cluster, &identity)?;
-        store.set_zero_fill(options.synchronous);
+        store.set_write_through(options.synchronous);
         let target = match options.stop {
             StopAt::Never => None,
             StopAt::CurrentEnd => Some(system.xlogpos),

@@ -1,7 +1,9 @@
 //! The CopyBoth loop of one timeline, on one blocking thread: read what the socket holds,
 //! verify and queue it, write it with one call per segment, fsync when durability is asked
 //! for, and answer the server — no hand-off between threads, so a synchronous commit waits
-//! for one read, one write, one fsync and one status update, and nothing more.
+//! for one read, one durable write (the store writes through to the disk in synchronous
+//! mode, see [`ClusterWriter::set_write_through`](crate::store::ClusterWriter::set_write_through))
+//! and one status update, and nothing more.
 //!
 //! When to fsync and report:
 //! - synchronous mode: after every read that brought WAL, then a status update at once;
@@ -94,11 +96,10 @@ pub(super) fn run(
         let wait = next_status
             .saturating_duration_since(now)
             .min(SHUTDOWN_POLL);
-        if !stream.wait(wait)? {
+        if !stream.read(wait, READ_LIMIT)? {
             continue;
         }
         let before = received;
-        stream.read_available(READ_LIMIT)?;
         let mut reply = false;
         let mut server_end = None;
         let mut ended = None;

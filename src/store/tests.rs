@@ -13,7 +13,7 @@ fn utc_times() {
 }
 
 use std::fs;
-use std::io::Read;
+use std::io::{Read, Seek};
 use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 use std::process::{Child, Command};
@@ -614,6 +614,64 @@ fn thread_wchar() -> u64 {
         .unwrap()
         .parse()
         .unwrap()
+}
+
+#[test]
+fn write_through_segments_hold_exactly_what_was_written() {
+    let root = tempfile::tempdir().unwrap();
+    let mut w = open(root.path(), 16);
+    w.set_write_through(true);
+    let size = 16 * MB;
+    let data = pattern(size, 9);
+    let mut seg = w.open_segment(TimelineId(1), SegNo(1)).unwrap();
+    // A new write-through segment is all zeros, and written (no reserved, unwritten space
+    // left to convert at the first durable write).
+    let mut file = fs::File::open(seg.path()).unwrap();
+    assert_eq!(file.metadata().unwrap().len(), size);
+    // Pieces that end inside a block, exactly at a block's end, a byte at a time, several at
+    // once, and more than one direct write holds (3 MiB).
+    let writes: &[&[usize]] = &[
+        &[100],
+        &[1],
+        &[3995],
+        &[4096],
+        &[1, 1, 1],
+        &[5000, 20_000, 7],
+        &[3 * MB as usize],
+        &[4096 * 3 + 17],
+        &[1],
+    ];
+    let mut at = 0usize;
+    let mut got = vec![0u8; 64 * 1024];
+    for pieces in writes {
+        let parts: Vec<&[u8]> = pieces
+            .iter()
+            .scan(at, |from, len| {
+                let part = &data[*from..*from + len];
+                *from += len;
+                Some(part)
+            })
+            .collect();
+        seg.write(at as u32, &parts).unwrap();
+        at += pieces.iter().sum::<usize>();
+        // Without any sync: what was written is in the file, zeros after it.
+        let from = at.saturating_sub(32 * 1024);
+        file.seek(std::io::SeekFrom::Start(from as u64)).unwrap();
+        file.read_exact(&mut got).unwrap();
+        let split = at - from;
+        assert!(got[..split] == data[from..at], "written bytes before {at}");
+        assert!(got[split..].iter().all(|&b| b == 0), "zeros after {at}");
+    }
+    seg.sync().unwrap();
+    assert_eq!(seg.synced_up_to() as usize, at);
+    let rest = size as usize - at;
+    seg.write(
+        at as u32,
+        &[&data[at..at + rest / 2], &data[at + rest / 2..]],
+    )
+    .unwrap();
+    let plain = seg.finish(Compression::None).unwrap();
+    assert!(fs::read(plain).unwrap() == data);
 }
 
 #[test]

@@ -23,7 +23,7 @@ use crate::wal::{Lsn, SegNo, TimelineId};
 pub struct ClusterWriter {
     reader: ClusterReader,
     lock: Arc<File>,
-    zero_fill: bool,
+    write_through: bool,
 }
 
 impl ClusterWriter {
@@ -57,7 +57,7 @@ impl ClusterWriter {
         Ok(ClusterWriter {
             reader: ClusterReader::from_parts(paths, info),
             lock,
-            zero_fill: false,
+            write_through: false,
         })
     }
 
@@ -118,18 +118,21 @@ impl ClusterWriter {
             segno,
             size,
             Arc::clone(&self.lock),
-            self.zero_fill,
+            self.write_through,
         )
     }
 
-    /// Whether new segments are filled with zeros when created (their space is always
-    /// reserved first). For synchronous mode, which fsyncs after every commit: on ext4 the
-    /// first write into reserved, never-written space also changes the file's extent map, so
-    /// each such fsync writes the inode as well as the data. Writing the zeros once, at
-    /// creation, makes every later fsync write only data (and costs one more write of each
-    /// segment, as pg_receivewal always pays).
-    pub fn set_zero_fill(&mut self, zero_fill: bool) {
-        self.zero_fill = zero_fill;
+    /// Whether segments are written through to the disk: every write is durable when it
+    /// returns (direct I/O with `O_DSYNC`, see [`SegmentWriter`]), and new segments are
+    /// filled with zeros when created. For synchronous mode, which makes every commit durable
+    /// at once: one system call per commit instead of a write and an `fdatasync`. The zeros
+    /// matter on ext4, where the first write into reserved, never-written space also changes
+    /// the file's extent map, so each durable write would write the inode as well; written
+    /// once at creation, they cost one more write of each segment, as pg_receivewal always
+    /// pays. Where the file system has no direct I/O (tmpfs before Linux 6.6, some network
+    /// file systems), writes go through the page cache and are fsynced on request.
+    pub fn set_write_through(&mut self, write_through: bool) {
+        self.write_through = write_through;
     }
 
     /// Stores a timeline history file atomically. An identical existing file is fine; a
