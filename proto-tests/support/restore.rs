@@ -162,14 +162,12 @@ fn other(srv: &Server, sql: &str) -> String {
 /// following LSN are recorded), then a restore point.
 pub fn mark(srv: &Server, step: u32) -> Mark {
     other(srv, &format!("INSERT INTO marks VALUES ({step})"));
+    let lsn_before = srv.insert_lsn();
     let xid = srv.psql(&format!(
         "BEGIN;\nINSERT INTO marks (step) VALUES ({step});\nSELECT pg_current_xact_id();\nCOMMIT;"
     ));
     let lsn_after = srv.insert_lsn();
-    let commit_time = srv.psql(&format!(
-        "SELECT to_char(pg_xact_commit_timestamp('{xid}'::xid) AT TIME ZONE 'UTC', \
-         'YYYY-MM-DD HH24:MI:SS.US') || '+00'"
-    ));
+    let commit_time = commit_time_in_wal(srv, lsn_before, lsn_after, &xid);
     let restore_point = format!("step_{step}");
     srv.psql(&format!(
         "SELECT pg_create_restore_point('{restore_point}')"
@@ -180,6 +178,43 @@ pub fn mark(srv: &Server, step: u32) -> Mark {
         lsn_after,
         restore_point,
     }
+}
+
+/// The commit time of `xid` as its commit record holds it (what recovery compares a time
+/// target with), read by this version's `pg_waldump` from the server's `pg_wal` between
+/// `from` and `to`, as `YYYY-MM-DD HH:MM:SS.ffffff+00`. `pg_xact_commit_timestamp` is not
+/// that: on 18 it was once a microsecond earlier than the record's.
+fn commit_time_in_wal(srv: &Server, from: Lsn, to: Lsn, xid: &str) -> String {
+    let tli = srv.psql("SELECT substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8)");
+    let tli = u32::from_str_radix(&tli, 16)
+        .unwrap_or_else(|e| panic!("bad timeline {tli:?} from the server: {e}"));
+    let out = Command::new(srv.bin("pg_waldump"))
+        .env("TZ", "UTC")
+        .arg("-p")
+        .arg(srv.data_dir().join("pg_wal"))
+        .args(["-t", &tli.to_string(), "-r", "Transaction"])
+        .args(["-s", &from.to_string(), "-e", &to.to_string()])
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run pg_waldump: {e}"));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    stdout
+        .lines()
+        .filter(|line| {
+            let tx = line
+                .split_once("tx:")
+                .and_then(|(_, r)| r.split(',').next());
+            tx.map(str::trim) == Some(xid)
+        })
+        .find_map(|line| line.split_once("desc: COMMIT ").map(|(_, rest)| rest))
+        .and_then(|rest| rest.split(';').next()?.trim().strip_suffix(" UTC"))
+        .map(|time| format!("{time}+00"))
+        .unwrap_or_else(|| {
+            panic!(
+                "pg_waldump shows no commit of xid {xid} between {from} and {to} ({}):\n{stdout}{}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            )
+        })
 }
 
 /// The steps in `marks` of `postgres` and of [`OTHER_DB`], in order.
