@@ -417,7 +417,7 @@ fn is_wal_segment(path: &[u8]) -> bool {
 /// Compares a manifest with the regular files of all of a backup's archives (each with its
 /// manifest path, e.g. from [`super::tar_stream::TarStream`] with the tablespace prefix).
 /// Reports, in archive order then manifest order: files the manifest does not list (except
-/// [`EXEMPT`] ones and WAL segments), size and checksum differences, and listed files no
+/// `EXEMPT` ones and WAL segments), size and checksum differences, and listed files no
 /// archive had. Directories and symlinks are not listed in manifests and are not passed here.
 pub fn compare(manifest: &Manifest, files: impl IntoIterator<Item = FileSummary>) -> Vec<Mismatch> {
     let mut found = vec![false; manifest.files.len()];

@@ -1,6 +1,10 @@
 //! `walden-restore`: the database-side command (restore, wal-fetch). Parses arguments and
 //! calls the library.
 
+// The field documentation is clap's `--help` text, where `<cluster>` is a placeholder, not
+// HTML.
+#![allow(rustdoc::invalid_html_tags)]
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 

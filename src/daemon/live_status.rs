@@ -4,7 +4,7 @@
 //!
 //! The configuration file is read again on each request, so clusters added or removed by a
 //! SIGHUP reload show up without restarting the HTTP server; a file that no longer parses is
-//! answered from the last one that did. A report is reused for [`REPORT_TTL`], so that
+//! answered from the last one that did. A report is reused for `REPORT_TTL` (5 s), so that
 //! `/healthz`, `/status` and `/metrics` polled together ask the store and the primaries once.
 
 use std::path::{Path, PathBuf};

@@ -1,5 +1,5 @@
 //! `walden status`: one [`ClusterStatus`] per cluster, built from the daemon's
-//! `status.json` ([`status_file`](super::status_file)), the store's listing and free space,
+//! `status.json` (`status_file`), the store's listing and free space,
 //! and (with a configuration file) the slot as the primary sees it. [`build`] is pure, so
 //! the same report can be served as JSON over HTTP and turned into metrics.
 //!

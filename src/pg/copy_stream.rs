@@ -155,7 +155,7 @@ impl CopyStream {
     }
 
     /// Waits up to `timeout` for the server to send something and reads what the socket
-    /// holds, up to about `limit` bytes (see [`read_available`](Self::read_available)). True
+    /// holds, up to about `limit` bytes. True
     /// when there is something to take with [`next_event`](Self::next_event) (maybe only
     /// part of a message); false when nothing came in time. The end of the connection is an
     /// error.

@@ -1,8 +1,8 @@
 //! `walden receive`: stream a cluster's WAL into the store, losing nothing.
 //!
-//! Shape: an async task (this module and [`session`]) connects, picks the start position and
+//! Shape: an async task (this module and `session`) connects, picks the start position and
 //! timeline, and handles what ends a stream; while WAL flows, one blocking thread
-//! ([`streaming`]) reads the stream, has the [`writer`] verify, write and fsync it, and
+//! (`streaming`) reads the stream, has the `writer` verify, write and fsync it, and
 //! reports a position to the server only once it is durable. Sessions end
 //! on network trouble, server restarts and terminated WAL senders; [`run`] reconnects with
 //! capped exponential backoff and resumes from what the store holds, so nothing is skipped
@@ -11,7 +11,7 @@
 //! Failures that retrying cannot fix (authentication, a missing slot, a store that belongs to
 //! another cluster, WAL that fails verification) end the run with an error instead.
 //!
-//! A supervisor can follow the receiver through [`ReceiveOptions::status`] ([`status`]).
+//! A supervisor can follow the receiver through [`ReceiveOptions::status`] (`status`).
 
 mod session;
 mod status;

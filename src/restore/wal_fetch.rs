@@ -42,7 +42,7 @@
 //! `sendfile`) after its size is checked, and its first page header checked after the copy
 //! (nothing is read before it: a small first read makes the kernel's readahead start small).
 //! A complete local `.zst` is read whole (one read) and, when it holds several frames (as
-//! the receiver writes it, see [`zstd_frames`](crate::store::zstd_frames)), its frames are
+//! the receiver writes it, see `store::zstd_frames`), its frames are
 //! decompressed on up to `available_parallelism` threads, each written at its offset in
 //! DEST's temporary file: the server waits for this call with its replay stopped, so the
 //! other cores are free. A one-frame `.zst` (older stores), a `.partial` and anything from a
