@@ -228,9 +228,27 @@ impl SegmentWriter {
                 size: self.size.bytes(),
             });
         }
-        match self.direct.as_mut() {
-            Some(direct) => direct.write(u64::from(offset), pieces, &self.partial)?,
+        match self
+            .direct
+            .as_mut()
+            .map(|d| d.write(u64::from(offset), pieces))
+        {
             None => self.write_buffered(u64::from(offset), pieces)?,
+            Some(Ok(())) => {}
+            Some(Err(e)) if e.raw_os_error() == Some(rustix::io::Errno::INVAL.raw_os_error()) => {
+                // The file system opened the file for direct I/O but refuses its writes: go
+                // on through the page cache (fsynced on request). What direct writes stored
+                // is durable already, and these pieces are written whole from `offset`.
+                if !DIRECT_REFUSED.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                    tracing::warn!(
+                        path = %self.partial.display(),
+                        "direct writes refused ({e}); writing through the page cache and fsyncing instead"
+                    );
+                }
+                self.direct = None;
+                self.write_buffered(u64::from(offset), pieces)?;
+            }
+            Some(Err(e)) => return Err(StoreError::io("write WAL to", &self.partial, e)),
         }
         // end <= segment size <= 1 GiB, so it fits.
         self.position = end as u32;
@@ -428,6 +446,9 @@ fn write_zeros(file: &File, zeros: &[u8], len: u64) -> io::Result<()> {
     Ok(())
 }
 
+/// Whether direct writes were refused once (warned about once per process).
+static DIRECT_REFUSED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 /// Zeros written at once by one direct write when a segment is created.
 const ZERO_CHUNK_DIRECT: usize = 1024 * 1024;
 
@@ -549,20 +570,16 @@ impl DirectWriter {
     }
 
     /// Writes `pieces` at `at`, the end of what was written before (0 for the first write).
-    fn write<B: AsRef<[u8]>>(&mut self, at: u64, pieces: &[B], path: &Path) -> Result<()> {
-        let tail = self.tail.take().ok_or_else(|| {
-            let e = io::Error::other("an earlier write to it failed");
-            StoreError::io("write WAL to", path, e)
-        })?;
+    fn write<B: AsRef<[u8]>>(&mut self, at: u64, pieces: &[B]) -> io::Result<()> {
+        let tail = self
+            .tail
+            .take()
+            .ok_or_else(|| io::Error::other("an earlier write to it failed"))?;
         let mut block_at = at - tail as u64;
         let mut fill = tail;
         let mut dirty = false;
         let buf = self.buf.as_mut_slice();
-        let write = |bytes: &[u8], block_at: u64| {
-            self.file
-                .write_all_at(bytes, block_at)
-                .map_err(|e| StoreError::io("write WAL to", path, e))
-        };
+        let write = |bytes: &[u8], block_at: u64| self.file.write_all_at(bytes, block_at);
         for piece in pieces {
             let mut piece = piece.as_ref();
             while let Some(room) = buf.get_mut(fill..).filter(|_| !piece.is_empty()) {
@@ -693,6 +710,33 @@ fn read_full(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
         }
     }
     Ok(filled)
+}
+
+#[cfg(test)]
+mod write_through_tests {
+    use super::*;
+
+    #[test]
+    fn refused_direct_writes_fall_back_to_the_page_cache() {
+        let dir = tempfile::tempdir().unwrap();
+        let lock = Arc::new(File::create(dir.path().join("lock")).unwrap());
+        let size = WalSegSize::new(1024 * 1024).unwrap();
+        let mut seg =
+            SegmentWriter::open(dir.path(), TimelineId(1), SegNo(1), size, lock, true).unwrap();
+        // Force writes a disk refuses: direct I/O to ext4 and most disks needs 512-byte
+        // blocks (tmpfs takes anything, and then nothing falls back).
+        if let Some(direct) = seg.direct.as_mut() {
+            direct.align = 1;
+        }
+        let data: Vec<u8> = (0..5000u32).map(|i| (i % 251) as u8 + 1).collect();
+        seg.write(0, &[&data[..100]]).unwrap();
+        seg.write(100, &[&data[100..3000], &data[3000..]]).unwrap();
+        seg.sync().unwrap();
+        assert_eq!(seg.synced_up_to(), 5000);
+        let stored = fs::read(seg.path()).unwrap();
+        assert!(stored[..5000] == data[..], "the WAL written");
+        assert!(stored[5000..].iter().all(|&b| b == 0), "zeros after it");
+    }
 }
 
 #[cfg(test)]
