@@ -155,10 +155,9 @@ impl CopyStream {
     }
 
     /// Waits up to `timeout` for the server to send something and reads what the socket
-    /// holds, up to about `limit` bytes. True
-    /// when there is something to take with [`next_event`](Self::next_event) (maybe only
-    /// part of a message); false when nothing came in time. The end of the connection is an
-    /// error.
+    /// holds, up to about `limit` bytes. True when there is something to take with
+    /// [`next_event`](Self::next_event) (maybe only part of a message); false when nothing
+    /// came in time. The end of the connection is an error.
     pub fn read(&mut self, timeout: Duration, limit: usize) -> Result<bool, Error> {
         if self.has_whole_message() || self.io.has_plaintext() {
             self.read_available(limit, false)?;

@@ -410,6 +410,15 @@ impl WalFetcher {
         self.reader().info().wal_segment_size.bytes()
     }
 
+    /// `path` holds (or decompresses to) `size` bytes, not a segment's.
+    fn wrong_size(&self, path: &Path, size: u64) -> FetchError {
+        FetchError::WrongSize {
+            path: path.to_path_buf(),
+            size,
+            expected: self.seg_bytes(),
+        }
+    }
+
     fn segment_name(&self, tli: TimelineId, segno: SegNo) -> String {
         WalFileName::segment(tli, segno).format(self.reader().info().wal_segment_size)
     }
@@ -508,11 +517,7 @@ impl WalFetcher {
             }
             total += n as u64;
             if total > seg_bytes {
-                return Err(FetchError::WrongSize {
-                    path: stored.path.clone(),
-                    size: total,
-                    expected: seg_bytes,
-                });
+                return Err(self.wrong_size(&stored.path, total));
             }
             if let Some(v) = verifier.as_mut()
                 && failure.is_none()
@@ -525,11 +530,7 @@ impl WalFetcher {
         }
         if !stored.name.partial {
             if total != seg_bytes {
-                return Err(FetchError::WrongSize {
-                    path: stored.path.clone(),
-                    size: total,
-                    expected: seg_bytes,
-                });
+                return Err(self.wrong_size(&stored.path, total));
             }
             return Ok(Some(Delivered::Segment {
                 compressed: stored.name.compressed,
@@ -571,11 +572,7 @@ impl WalFetcher {
         };
         let total = frames.last().map_or(0, |f| f.offset + f.len);
         if total != seg_bytes {
-            return Err(FetchError::WrongSize {
-                path: path.clone(),
-                size: total,
-                expected: seg_bytes,
-            });
+            return Err(self.wrong_size(path, total));
         }
         let first = decompress_frames(&bytes, &frames, out, path)?;
         self.check_first_page(&first, stored.name.tli, stored.name.segno, path)?;
@@ -599,17 +596,12 @@ impl WalFetcher {
             .metadata()
             .map_err(|e| FetchError::read(path, e))?
             .len();
-        let wrong_size = |size| FetchError::WrongSize {
-            path: path.clone(),
-            size,
-            expected: seg_bytes,
-        };
         if len != seg_bytes {
-            return Err(wrong_size(len));
+            return Err(self.wrong_size(path, len));
         }
         let copied = out.copy_from(&mut file, path)?;
         if copied != seg_bytes {
-            return Err(wrong_size(copied));
+            return Err(self.wrong_size(path, copied));
         }
         let mut first = [0u8; LONG_HEADER_LEN];
         file.read_exact_at(&mut first, 0)

@@ -235,7 +235,7 @@ impl SegmentWriter {
         {
             None => self.write_buffered(u64::from(offset), pieces)?,
             Some(Ok(())) => {}
-            Some(Err(e)) if e.raw_os_error() == Some(rustix::io::Errno::INVAL.raw_os_error()) => {
+            Some(Err(e)) if refused(&e) => {
                 // The file system opened the file for direct I/O but refuses its writes: go
                 // on through the page cache (fsynced on request). What direct writes stored
                 // is durable already, and these pieces are written whole from `offset`.
@@ -427,7 +427,7 @@ fn fill_with_zeros(file: &File, path: &Path, len: u64) -> io::Result<()> {
     if let Some(direct) = open_direct(path, false)? {
         let zeros = AlignedBuf::zeroed(ZERO_CHUNK_DIRECT);
         match write_zeros(&direct, zeros.as_slice(), len) {
-            Err(e) if e.raw_os_error() == Some(rustix::io::Errno::INVAL.raw_os_error()) => {
+            Err(e) if refused(&e) => {
                 tracing::debug!(path = %path.display(), "direct I/O refused: {e}");
             }
             done => return done,
@@ -444,6 +444,12 @@ fn write_zeros(file: &File, zeros: &[u8], len: u64) -> io::Result<()> {
         at += n as u64;
     }
     Ok(())
+}
+
+/// Whether `e` is the file system refusing direct I/O (`EINVAL`: no `O_DIRECT` there, or an
+/// alignment it will not take).
+fn refused(e: &io::Error) -> bool {
+    e.raw_os_error() == Some(rustix::io::Errno::INVAL.raw_os_error())
 }
 
 /// Whether direct writes were refused once (warned about once per process).
@@ -475,7 +481,7 @@ fn open_direct(path: &Path, dsync: bool) -> io::Result<Option<File>> {
         .open(path)
     {
         Ok(file) => Ok(Some(file)),
-        Err(e) if e.raw_os_error() == Some(rustix::io::Errno::INVAL.raw_os_error()) => {
+        Err(e) if refused(&e) => {
             tracing::debug!(path = %path.display(), "no direct I/O here: {e}");
             Ok(None)
         }
@@ -503,11 +509,17 @@ fn direct_alignment(file: &File) -> usize {
 }
 
 /// A zeroed buffer whose start is aligned to [`DIRECT_ALIGN`], as direct I/O requires.
-#[derive(Debug)]
 struct AlignedBuf {
     bytes: Vec<u8>,
     start: usize,
     len: usize,
+}
+
+/// Its length, not its megabyte of content.
+impl std::fmt::Debug for AlignedBuf {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "AlignedBuf({} bytes)", self.len)
+    }
 }
 
 impl AlignedBuf {
