@@ -313,7 +313,8 @@ impl CopyStream {
 
     /// Writes `wbuf` completely, waiting for room in the socket when it is full.
     fn send_wbuf(&mut self) -> Result<(), Error> {
-        let deadline = Instant::now() + SEND_TIMEOUT;
+        // Read the clock only when the socket is full (rare): this runs once per commit.
+        let mut deadline = None;
         let mut sent = 0;
         let mut flushed = false;
         while !flushed {
@@ -325,7 +326,10 @@ impl CopyStream {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    let left = deadline.saturating_duration_since(Instant::now());
+                    let now = Instant::now();
+                    let left = deadline
+                        .get_or_insert(now + SEND_TIMEOUT)
+                        .saturating_duration_since(now);
                     if left.is_zero() {
                         return Err(self.io_error(io::Error::new(
                             io::ErrorKind::TimedOut,

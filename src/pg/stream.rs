@@ -9,7 +9,7 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use bytes::{Buf, BufMut, Bytes, BytesMut};
+use bytes::{Buf, BufMut, Bytes};
 use postgres_protocol::message::backend::Message;
 
 use super::connection::Connection;
@@ -134,16 +134,17 @@ pub struct StatusUpdate {
 }
 
 impl StatusUpdate {
-    /// The CopyData payload.
-    pub fn encode(&self) -> Bytes {
-        let mut buf = BytesMut::with_capacity(34);
-        buf.put_u8(b'r');
-        buf.put_u64(self.write.0);
-        buf.put_u64(self.flush.0);
-        buf.put_u64(self.apply.0);
-        buf.put_i64(self.time.0);
-        buf.put_u8(u8::from(self.reply_requested));
-        buf.freeze()
+    /// The CopyData payload (no allocation: one is sent per commit in synchronous mode).
+    pub fn encode(&self) -> [u8; 34] {
+        let mut buf = [0u8; 34];
+        let mut w = &mut buf[..];
+        w.put_u8(b'r');
+        w.put_u64(self.write.0);
+        w.put_u64(self.flush.0);
+        w.put_u64(self.apply.0);
+        w.put_i64(self.time.0);
+        w.put_u8(u8::from(self.reply_requested));
+        buf
     }
 }
 
@@ -402,6 +403,7 @@ impl CopyEnd {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bytes::BytesMut;
     use proptest::prelude::*;
 
     #[test]

@@ -88,6 +88,11 @@ impl ReceiverStatus {
 pub(super) struct Publisher<'a>(pub Option<&'a watch::Sender<ReceiverStatus>>);
 
 impl Publisher<'_> {
+    /// Whether anyone listens (otherwise updates are dropped unseen).
+    pub fn enabled(&self) -> bool {
+        self.0.is_some()
+    }
+
     pub fn update(&self, f: impl FnOnce(&mut ReceiverStatus)) {
         if let Some(tx) = self.0 {
             tx.send_modify(f);

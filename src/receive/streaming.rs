@@ -132,18 +132,21 @@ pub(super) fn run(
             }
         }
         writer.write_out()?;
-        let arrived = SystemTime::now();
-        if received > before {
-            arrivals.push(received, arrived);
-        }
-        publish.update(|s| {
-            s.last_message_at = Some(arrived);
-            s.received = Some(received);
-            s.bytes_received += received.0 - before.0;
-            if let Some(end) = server_end {
-                s.server_wal_end = Some(end);
+        // Arrival times only serve the published status: no clock read without a listener.
+        if publish.enabled() {
+            let arrived = SystemTime::now();
+            if received > before {
+                arrivals.push(received, arrived);
             }
-        });
+            publish.update(|s| {
+                s.last_message_at = Some(arrived);
+                s.received = Some(received);
+                s.bytes_received += received.0 - before.0;
+                if let Some(end) = server_end {
+                    s.server_wal_end = Some(end);
+                }
+            });
+        }
         if let Some(ended) = ended {
             return Ok(ended);
         }
