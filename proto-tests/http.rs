@@ -272,7 +272,8 @@ proto_test!(restore_and_wal_fetch_over_https, |pg: &Pg| {
     assert_eq!(code, 255, "an unknown CA must be a fault: {stderr}");
 
     // A restore with the wrong token fails before writing anything, and says why.
-    let refused_dir = pg.new_server_dir().join("data");
+    let refused_parent = pg.new_server_dir();
+    let refused_dir = refused_parent.join("data");
     let out = walden_restore()
         .args(["restore", "--from", &url, "--token-file", &wrong_s])
         .args(["--ca-file", &ca, "--pgdata"])

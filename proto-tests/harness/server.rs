@@ -125,9 +125,10 @@ impl Pg {
 
 impl Pg {
     /// A new empty test directory (owned by `postgres`) to restore a data directory into, as
-    /// `<dir>/data`; then [`Pg::restored`].
-    pub fn new_server_dir(&self) -> PathBuf {
-        new_test_dir()
+    /// `<dir>/data`; then [`Pg::restored`] with [`TestDir::keep`]. Removed when dropped
+    /// unless kept.
+    pub fn new_server_dir(&self) -> TestDir {
+        TestDir(Some(new_test_dir()))
     }
 
     /// A not yet started server on the data directory a restore left at `<dir>/data`, used in
@@ -578,6 +579,38 @@ fn pick_port() -> u16 {
         let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
         if v6_free && given.get_or_insert_with(HashSet::new).insert(port) {
             return port;
+        }
+    }
+}
+
+/// A test directory that is removed when dropped, or kept for inspection when the test
+/// fails (as a server's directory is).
+pub struct TestDir(Option<PathBuf>);
+
+impl TestDir {
+    pub fn path(&self) -> &Path {
+        self.0.as_deref().unwrap_or(Path::new(""))
+    }
+
+    pub fn join(&self, name: impl AsRef<Path>) -> PathBuf {
+        self.path().join(name)
+    }
+
+    /// Hands the directory over to whoever removes it (the server of [`Pg::restored`]).
+    pub fn keep(mut self) -> PathBuf {
+        self.0.take().unwrap_or_default()
+    }
+}
+
+impl Drop for TestDir {
+    fn drop(&mut self) {
+        let Some(dir) = self.0.take() else {
+            return;
+        };
+        if std::thread::panicking() {
+            eprintln!("harness: test directory kept: {}", dir.display());
+        } else if let Err(e) = std::fs::remove_dir_all(&dir) {
+            eprintln!("harness: cannot remove {}: {e}", dir.display());
         }
     }
 }

@@ -102,7 +102,10 @@ pub fn restore_and_start(pg: &Pg, store: &Path, extra: &[&str], extra_conf: &[&s
     let dir = pg.new_server_dir();
     let run = run_restore(store, &dir.join("data"), extra);
     run.assert_ok();
-    let mut server = pg.restored(dir, extra_conf.iter().map(|l| (*l).to_owned()).collect());
+    let mut server = pg.restored(
+        dir.keep(),
+        extra_conf.iter().map(|l| (*l).to_owned()).collect(),
+    );
     if let Err(e) = server.try_start() {
         panic!("the restored server did not start: {e}\n{}", run.context());
     }
