@@ -179,6 +179,9 @@ def cmd_record(args):
         "user_s": user_s,
         "sys_s": sys_s,
         "cpu_s_per_gib": cpu_s / (wal_bytes / GIB) if wal_bytes > 0 else None,
+        # Synchronous mode costs per commit: this does not move with the WAL per transaction
+        # (full-page images), which makes CPU per GiB vary between rounds of the same binary.
+        "cpu_us_per_txn": cpu_s * 1e6 / transactions if transactions else None,
         "disk_write_bytes": disk,
         "disk_bytes_per_wal_byte": disk / wal_bytes if wal_bytes > 0 else None,
         "peak_rss_kib": snap1["vmhwm_kib"],
@@ -220,6 +223,7 @@ def cmd_record(args):
 # (key, title, unit, how values are scaled for display, format)
 METRICS = [
     ("cpu_s_per_gib", "CPU (user+sys) per GiB of WAL", "s/GiB", 1, ".2f"),
+    ("cpu_us_per_txn", "CPU (user+sys) per pgbench transaction", "µs", 1, ".1f"),
     ("disk_bytes_per_wal_byte", "disk bytes written per WAL byte", "x", 1, ".3f"),
     ("peak_rss_kib", "peak RSS (VmHWM)", "MiB", 1 / 1024, ".1f"),
     ("tps", "pgbench TPS", "tps", 1, ".0f"),
@@ -270,7 +274,7 @@ def values(runs, mode, clients, receiver, key):
         if r["mode"] == mode
         and r["clients"] == clients
         and r["receiver"] == receiver
-        and r[key] is not None
+        and r.get(key) is not None
     ]
 
 
