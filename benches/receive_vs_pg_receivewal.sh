@@ -38,6 +38,7 @@ PG_ROOT="${PG_ROOT:-/dev/shm}"                  # where the server's data direct
 RECV_ROOT="${RECV_ROOT:-/var/tmp}"              # where the receivers write: a real disk
 CATCHUP_TIMEOUT="${CATCHUP_TIMEOUT:-180}"
 SYNC_SWITCH="${SYNC_SWITCH:-0}"                 # 1: end synchronous windows with pg_switch_wal() too
+SEED="${SEED:-1000}"                            # pgbench --random-seed of round R is SEED+R
 OUT="${OUT:-results.json}"
 
 log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
@@ -73,6 +74,7 @@ done
 [[ "$ROUNDS" =~ ^[1-9][0-9]*$ ]] || die "ROUNDS must be a positive integer"
 [[ "$DURATION" =~ ^[1-9][0-9]*$ ]] || die "DURATION must be a positive integer (seconds)"
 [[ "$WARMUP" =~ ^[0-9]+$ ]] || die "WARMUP must be a number of seconds"
+[[ "$SEED" =~ ^[0-9]+$ ]] || die "SEED must be a non-negative integer"
 mkdir -p "$RECV_ROOT"
 if [ "$(stat -f -c %T "$RECV_ROOT")" = tmpfs ] && [ "${ALLOW_TMPFS:-0}" != 1 ]; then
     die "RECV_ROOT=$RECV_ROOT is tmpfs: disk writes are measured, use a real disk (or ALLOW_TMPFS=1)"
@@ -171,6 +173,9 @@ unix_socket_directories = '$WORK'
 shared_buffers = 1GB
 max_wal_size = 4GB
 checkpoint_timeout = 1h
+# Vacuum runs between the measured runs (see run_one), never inside one: autovacuum's WAL
+# (pruning, freezing, the visibility map) would land in whichever run it happened to overlap.
+autovacuum = off
 wal_level = replica
 max_wal_senders = 10
 max_replication_slots = 10
@@ -231,7 +236,11 @@ run_one() {
     # Settle the previous run's deletions (journal commit, and discards on a -o discard mount)
     # before this run's window, not inside it.
     sync -f "$RECV_WORK"
-    q "CHECKPOINT" >/dev/null # every run starts right after a checkpoint (full-page images)
+    # Every run starts from the same state: the previous run's dead rows vacuumed, then a
+    # checkpoint (so full-page images start over), and pgbench draws the same accounts in the
+    # same order for both receivers of a round (--random-seed): both receive the same WAL.
+    q "VACUUM" >/dev/null
+    q "CHECKPOINT" >/dev/null
 
     local sync_flag=()
     if [ "$mode" = sync ]; then
@@ -273,7 +282,8 @@ run_one() {
     local lagfile="$WORK/logs/$tag.lag"
     python3 "$helper" lag "$app" "$lagfile" &
     SAMPLER_PID=$!
-    "$PGBIN/pgbench" -c "$clients" -j "$jobs" -T "$DURATION" >"$WORK/logs/$tag.pgbench" 2>&1 ||
+    "$PGBIN/pgbench" -n --random-seed="$((SEED + round))" -c "$clients" -j "$jobs" -T "$DURATION" \
+        >"$WORK/logs/$tag.pgbench" 2>&1 ||
         { cat "$WORK/logs/$tag.pgbench" >&2; die "pgbench failed"; }
     kill -TERM "$SAMPLER_PID"
     wait "$SAMPLER_PID" || true
@@ -389,5 +399,5 @@ BENCH_KERNEL="$(uname -r)"
 BENCH_CPUS="$(nproc)"
 export BENCH_SERVER_VERSION BENCH_PG_RECEIVEWAL BENCH_WALDEN BENCH_WALDEN_VERSION BENCH_KERNEL \
     BENCH_CPUS ROUNDS DURATION WARMUP SCALE ASYNC_CLIENTS SYNC_CLIENTS STATUS_INTERVAL \
-    WALDEN_STATUS_INTERVAL WALDEN_ARGS PG_ROOT RECV_ROOT SYNC_SWITCH
+    WALDEN_STATUS_INTERVAL WALDEN_ARGS PG_ROOT RECV_ROOT SYNC_SWITCH SEED
 python3 "$helper" report "$RAW" "$OUT"

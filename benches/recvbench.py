@@ -254,6 +254,7 @@ CONFIG_VARS = [
     "PG_ROOT",
     "RECV_ROOT",
     "SYNC_SWITCH",
+    "SEED",
 ]
 
 
@@ -294,6 +295,7 @@ def cmd_report(args):
         "shared_buffers": "1GB",
         "max_wal_size": "4GB",
         "checkpoint_timeout": "1h",
+        "autovacuum": "off",
         "wal_level": "replica",
     }
 
